@@ -1,0 +1,79 @@
+"""Splitting a minibatch, given as model arguments, into two random halves.
+
+The batch size is the leading dimension of the first tensor argument (positional arguments first,
+then keyword arguments in order). Every tensor argument whose leading dimension equals it is split
+along dim 0 with the same random permutation; everything else is passed to both halves unchanged.
+
+With Pyro's minibatch idiom ``pyro.plate("data", size=N, subsample_size=len(x))`` each half is
+scaled by ``N / len(half)`` on its own, so the loss of a half is an unbiased estimate of the same
+objective as the loss of the whole batch.
+
+Usage::
+
+    g = torch.Generator().manual_seed(0)
+    (args1, kwargs1), (args2, kwargs2) = split_in_halves((x, y), {}, g)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["Batch", "BatchSplitter", "batch_size_of", "split_in_halves"]
+
+Batch = tuple[tuple[Any, ...], dict[str, Any]]
+"""Positional and keyword arguments of one call of the model and guide."""
+
+BatchSplitter = Callable[[tuple[Any, ...], dict[str, Any], torch.Generator], tuple[Batch, Batch]]
+"""``split(args, kwargs, generator) -> ((args1, kwargs1), (args2, kwargs2))``."""
+
+
+def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """The leading dimension of the first tensor argument.
+
+    Usage::
+
+        batch_size_of((torch.zeros(8, 3),), {})  # 8
+    """
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor) and value.dim() >= 1:
+            return value.shape[0]
+    raise ValueError(
+        "found no tensor argument with a batch dimension to split into halves: pass the minibatch "
+        "as tensor arguments of the model and guide (e.g. svi.step(x, y)), or give "
+        "split_batch=... to say how to split it"
+    )
+
+
+def split_in_halves(
+    args: tuple[Any, ...], kwargs: dict[str, Any], generator: torch.Generator
+) -> tuple[Batch, Batch]:
+    """Split every tensor argument with the batch's leading dimension into two random halves.
+
+    For an odd batch size the second half is one element larger. A fresh permutation is drawn
+    from ``generator`` at each call.
+
+    Usage::
+
+        (a1, k1), (a2, k2) = split_in_halves((x, y), {}, torch.Generator().manual_seed(0))
+    """
+    size = batch_size_of(args, kwargs)
+    if size < 2:
+        raise ValueError(
+            f"a batch of size {size} cannot be split into two non-empty halves: OT-MDR needs "
+            "minibatches of at least 2 examples"
+        )
+    perm = torch.randperm(size, generator=generator, device=generator.device)
+    first, second = perm[: size // 2], perm[size // 2 :]
+    return _select(args, kwargs, size, first), _select(args, kwargs, size, second)
+
+
+def _select(args: tuple[Any, ...], kwargs: dict[str, Any], size: int, index: torch.Tensor) -> Batch:
+    def take(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == size:
+            return value.index_select(0, index.to(value.device))
+        return value
+
+    return tuple(take(a) for a in args), {k: take(v) for k, v in kwargs.items()}

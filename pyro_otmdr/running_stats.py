@@ -1,0 +1,80 @@
+"""Keep normalisation layers' running statistics to one update per training step.
+
+A sharpness-aware step runs the network several times; BatchNorm would otherwise update its
+running mean and variance at every pass. :class:`RunningStatsGuard` finds every normalisation layer
+that runs while it is active (a global forward pre-hook, so it needs no handle on the user's
+modules), saves its buffers before their first update, and lets exactly one chosen pass count.
+
+Usage::
+
+    with RunningStatsGuard() as guard:
+        ascent_pass()           # updates are undone at the end
+        guard.begin_counted()
+        full_batch_pass()       # this pass's update is kept
+        guard.end_counted()
+        another_pass()          # undone
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+__all__ = ["RunningStatsGuard"]
+
+
+class RunningStatsGuard:
+    """Save running statistics on first sight; restore them to the counted pass's result on exit.
+
+    If no pass was counted, or the block raises, the statistics go back to their values at entry.
+    """
+
+    def __init__(self) -> None:
+        self._saved: dict[nn.Module, dict[str, torch.Tensor]] = {}
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def __enter__(self) -> RunningStatsGuard:
+        self._handle = nn.modules.module.register_module_forward_pre_hook(self._on_forward)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._handle is not None
+        self._handle.remove()
+        self._restore()
+
+    def begin_counted(self) -> None:
+        """Reset the statistics to their values at entry: the next pass's update is the step's."""
+        self._restore()
+
+    def end_counted(self) -> None:
+        """Keep the statistics as they are now: this is what :meth:`__exit__` restores."""
+        for module, buffers in self._saved.items():
+            for name, value in buffers.items():
+                value.copy_(getattr(module, name))
+
+    def _on_forward(self, module: nn.Module, inputs: object) -> None:
+        if module in self._saved or not _tracks_stats(module):
+            return
+        self._saved[module] = {
+            name: buf.detach().clone()
+            for name, buf in module.named_buffers(recurse=False)
+            if buf is not None
+        }
+
+    @torch.no_grad()
+    def _restore(self) -> None:
+        for module, buffers in self._saved.items():
+            for name, value in buffers.items():
+                getattr(module, name).copy_(value)
+
+
+def _tracks_stats(module: nn.Module) -> bool:
+    return isinstance(module, _NormBase) and module.training and module.track_running_stats
