@@ -30,9 +30,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO
+from pyro.infer import (
+    ELBO,
+    JitTrace_ELBO,
+    JitTraceEnum_ELBO,
+    JitTraceGraph_ELBO,
+    JitTraceMeanField_ELBO,
+)
 
 from .batching import Batch, BatchSplitter, split_in_halves
 from .core import add_gaussian_noise_, ascend_, restore_, snapshot
@@ -44,6 +51,14 @@ __all__ = ["DEFAULT_NOISE_STD", "OTMDR", "SAM", "NonFiniteLossError", "StepInfo"
 
 DEFAULT_NOISE_STD = 0.0
 """Default standard deviation of the noise added after each ascent move (see the README)."""
+
+
+_JIT_ELBOS = (
+    JitTrace_ELBO,
+    JitTraceEnum_ELBO,
+    JitTraceGraph_ELBO,
+    JitTraceMeanField_ELBO,
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -86,6 +101,7 @@ class _Step:
     params: _Params = field(default_factory=_Params)
     saved: list[torch.Tensor] | None = None
     accumulated: list[torch.Tensor] | None = None
+    center_grads: list[torch.Tensor] | None = None
     ascent_norms: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -141,6 +157,13 @@ class OTMDR(ELBO):
         if not isinstance(elbo, ELBO):
             raise TypeError(
                 f"expected a pyro.infer.ELBO to wrap (e.g. Trace_ELBO()), got {type(elbo).__name__}"
+            )
+        if isinstance(elbo, _JIT_ELBOS):
+            raise TypeError(
+                f"{type(elbo).__name__} compiles the loss once for one batch shape and bakes the "
+                "guide's noise into the compiled graph, but a sharpness-aware step evaluates it on "
+                "half batches and the whole batch with noise fixed per step: wrap the non-jit "
+                f"version ({type(elbo).__name__.removeprefix('Jit')}) instead"
             )
         if isinstance(n_particles, bool) or not isinstance(n_particles, int) or n_particles < 1:
             raise ValueError(f"n_particles must be an integer >= 1, got {n_particles!r}")
@@ -205,16 +228,19 @@ class OTMDR(ELBO):
 
     # -- passes ----------------------------------------------------------------------------------
 
-    def _ascent_batches(self, args: tuple, kwargs: dict) -> Sequence[Batch]:
+    def _ascent_batches(self, batch: Batch) -> Sequence[Batch]:
+        """The batches of the ascent moves of one particle: two random halves."""
+        args, kwargs = batch
         return self.split_batch(args, kwargs, self.generator)
 
     def _particle(self, step: _Step, k: int, running_stats: RunningStatsGuard) -> float:
         """Move particle ``k`` by the ascent steps, add its gradient, restore; return its loss."""
-        args, kwargs = step.batch
         for i, (half, radius) in enumerate(
-            zip(self._ascent_batches(args, kwargs), self.radii, strict=True)
+            zip(self._ascent_batches(step.batch), self.radii, strict=True)
         ):
             self._pass(step, half, f"particle {k + 1}, ascent step {i + 1}")
+            if half is step.batch and step.center_grads is None:  # SAM: whole batch, unperturbed
+                step.center_grads = [g.clone() for g in grads_of(step.params.fixed)]
             step.ascent_norms.append(self._ascend(step.params, radius))
         if k == 0:
             running_stats.begin_counted()  # the step's first full-batch pass moves the statistics
@@ -233,8 +259,9 @@ class OTMDR(ELBO):
             with self._capture(step.params):
                 loss = self.elbo.loss_and_grads(step.model, step.guide, *args, **kwargs)
             step.saved = snapshot(step.params.perturbed)
-        else:
-            loss = self.elbo.loss_and_grads(step.model, step.guide, *args, **kwargs)
+        else:  # the first pass has validated the inputs; later ones see subsets of them
+            with pyro.validation_enabled(False):
+                loss = self.elbo.loss_and_grads(step.model, step.guide, *args, **kwargs)
         loss = float(loss)
         if not math.isfinite(loss):
             raise NonFiniteLossError(
@@ -279,6 +306,10 @@ class OTMDR(ELBO):
 
     def _gradient_at_center(self, step: _Step) -> None:
         """The whole batch's gradient at the unperturbed parameters, for those not perturbed."""
+        if step.center_grads is not None:
+            for p, g in zip(step.params.fixed, step.center_grads, strict=True):
+                p.grad = g
+            return
         descent = [p.grad for p in step.params.perturbed]
         for p in step.params.perturbed:
             p.grad = None
@@ -331,8 +362,8 @@ class SAM(OTMDR):
         self._init_core(elbo, radii=(rho,), n_particles=1, noise_std=0.0, seed=0)
         self.perturb = perturb or perturbed_by_default
 
-    def _ascent_batches(self, args: tuple, kwargs: dict) -> Sequence[Batch]:
-        return [(args, kwargs)]
+    def _ascent_batches(self, batch: Batch) -> Sequence[Batch]:
+        return [batch]
 
 
 def grads_of(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:

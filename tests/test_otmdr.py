@@ -261,3 +261,30 @@ def test_trace_mean_field_elbo_with_autonormal_trains():
     )
     losses = [svi.step(y) for _ in range(50)]
     assert losses[-1] < losses[0]
+
+
+def test_sam_with_autonormal_reuses_its_unperturbed_pass_for_the_scales():
+    y, theta0 = data("cpu"), theta_init("cpu")
+    model = make_model("cpu")
+    guide = autonormal(model, theta0)
+    passes = []
+
+    def counting_guide(y):
+        passes.append(len(y))
+        return guide(y)
+
+    loss = SAM(Trace_ELBO(), rho=0.3)
+    loss.loss_and_grads(model, counting_guide, y)
+    assert passes == [8, 8]  # ascent and gradient; the scales need no third pass
+
+    store = pyro.get_param_store()
+    kappa = torch.cat([loss.last_step.reparam_noise[f"{s}_unconstrained"] for s in "ab"])
+    u = torch.cat([store[f"AutoNormal.scales.{s}"].unconstrained().detach() for s in "ab"])
+    scale = torch.nn.functional.softplus(u)
+    z0 = theta0 + scale * kappa
+    expected_mu = grad(ascend(theta0, grad(z0, y), 0.3) + scale * kappa, y)
+    expected_u = (grad(z0, y) * kappa - 1 / scale) * torch.sigmoid(u)
+    mu_grad = torch.cat([store[f"AutoNormal.locs.{s}"].unconstrained().grad for s in "ab"])
+    u_grad = torch.cat([store[f"AutoNormal.scales.{s}"].unconstrained().grad for s in "ab"])
+    torch.testing.assert_close(mu_grad, expected_mu)
+    torch.testing.assert_close(u_grad, expected_u)
