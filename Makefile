@@ -2,10 +2,14 @@
 #   make demo   -- create .venv, install, run the main job
 #   make test   -- create .venv, install, lint, run the test suite
 PY := .venv/bin/python
+# Python 3.12, from PATH or pyenv (.python-version selects 3.12 for pyenv's shims).
+PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/shims/python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12; do command -v $$p >/dev/null 2>&1 && echo $$p && break; done)
 STAMP := .venv/.installed
+SRC := pyro_otmdr tests examples benchmarks
 
 $(STAMP): pyproject.toml constraints.txt
-	python -m venv .venv
+	@test -n "$(PYTHON)" || { echo "Python 3.12 not found: install it (e.g. pyenv install 3.12)"; exit 1; }
+	$(PYTHON) -m venv .venv
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
@@ -16,8 +20,8 @@ demo: $(STAMP)
 	$(PY) examples/digits_bnn.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+	$(PY) -m ruff check $(SRC)
+	$(PY) -m ruff format --check $(SRC)
 
 test: lint
 	$(PY) -m pytest -q

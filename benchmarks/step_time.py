@@ -13,6 +13,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ class MLPBNN(PyroModule):
         super().__init__()
         self.num_data = num_data
         layers = []
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             layer = PyroModule[torch.nn.Linear](fan_in, fan_out)
             layer.weight = PyroSample(dist.Normal(0.0, 1.0).expand([fan_out, fan_in]).to_event(2))
             layer.bias = PyroSample(dist.Normal(0.0, 1.0).expand([fan_out]).to_event(1))
