@@ -9,6 +9,8 @@ Usage::
               loss=OTMDR(Trace_ELBO(), rho=0.05, n_particles=2))
 """
 
+from .ensemble import AutoDeltaEnsemble, EnsembleELBO
+from .evaluation import EvaluationResult, evaluate
 from .otmdr import DEFAULT_NOISE_STD, OTMDR, SAM, NonFiniteLossError, StepInfo
 from .perturbation import perturbed_by_default
 
@@ -16,7 +18,11 @@ __all__ = [
     "DEFAULT_NOISE_STD",
     "OTMDR",
     "SAM",
+    "AutoDeltaEnsemble",
+    "EnsembleELBO",
+    "EvaluationResult",
     "NonFiniteLossError",
     "StepInfo",
+    "evaluate",
     "perturbed_by_default",
 ]

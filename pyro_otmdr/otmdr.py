@@ -43,6 +43,7 @@ from pyro.infer import (
 
 from .batching import Batch, BatchSplitter, split_in_halves
 from .core import add_gaussian_noise_, ascend_, restore_, snapshot
+from .ensemble import is_ensemble, sum_over_members
 from .perturbation import PerturbRule, perturbed_by_default
 from .reparam_noise import FixedReparamNoise
 from .running_stats import RunningStatsGuard
@@ -177,7 +178,6 @@ class OTMDR(ELBO):
         self.generator = torch.Generator()
         self.generator.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
         self._device_generators: dict[torch.device, torch.Generator] = {}
-        self._last_params: list[torch.Tensor] = []
         self.last_step: StepInfo | None = None
 
     @property
@@ -205,12 +205,18 @@ class OTMDR(ELBO):
         """Take the passes of one step; leave the descent gradient in ``.grad``.
 
         Returns the mean over particles of the whole batch's loss at the perturbed models (the
-        robust objective). After any exception every parameter is restored bit for bit, running
+        robust objective); for an ensemble guide, the sum of that over its members, each taking
+        its own step. After any exception every parameter is restored bit for bit, running
         statistics are as before the step and the gradients are zeroed.
         """
+        if is_ensemble(guide):
+            return sum_over_members(guide, lambda: self._step(model, guide, args, kwargs))
+        return self._step(model, guide, args, kwargs)
+
+    def _step(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> float:
+        """One step for one point estimate or Gaussian guide (an ensemble member)."""
         reparam_noise = FixedReparamNoise()
         step = _Step(model, reparam_noise(guide), (args, kwargs))
-        zero_grads_(self._last_params)
         try:
             with RunningStatsGuard() as running_stats:
                 losses = [self._particle(step, k, running_stats) for k in range(self.n_particles)]
@@ -222,7 +228,6 @@ class OTMDR(ELBO):
         finally:
             if step.saved is not None:
                 restore_(step.params.perturbed, step.saved)
-        self._last_params = step.params.all
         self.last_step = StepInfo(losses, step.ascent_norms, reparam_noise.noise)
         return sum(losses) / len(losses)
 

@@ -1,0 +1,165 @@
+"""The uniform mixture of M point estimates (a deep ensemble) as a Pyro guide, and its ELBO.
+
+:class:`AutoDeltaEnsemble` holds M independent ``AutoDelta`` members under its own param-store
+names (``AutoDeltaEnsemble.members.<m>.<site>``), so it never collides with an ``AutoDelta`` or
+another guide. Called on its own it draws a member uniformly, which makes it a proper sample from
+the mixture for :class:`pyro.infer.Predictive`; inside ``with guide.member(m):`` it is member m.
+
+A Pyro ELBO evaluates the guide once per particle, and a network with sampled weights cannot run
+M members in one vectorised trace, so training every member at each step is the loss's job:
+:class:`EnsembleELBO` runs the wrapped ELBO once per member (a plain deep ensemble), and
+:class:`~pyro_otmdr.OTMDR` and :class:`~pyro_otmdr.SAM` run their whole step once per member, each
+with its own particles, splits, noise and gradient norm.
+
+Usage::
+
+    guide = AutoDeltaEnsemble(model, num_members=5)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=EnsembleELBO(Trace_ELBO()))
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=OTMDR(Trace_ELBO(), rho=0.05))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from pyro import poutine
+from pyro.infer import ELBO
+from pyro.infer.autoguide import AutoDelta, init_to_sample
+from pyro.nn import PyroModule
+from torch import nn
+
+__all__ = ["AutoDeltaEnsemble", "EnsembleELBO", "is_ensemble", "sum_over_members"]
+
+InitLocFn = Callable[[dict], torch.Tensor]
+
+
+class AutoDeltaEnsemble(PyroModule):
+    """A guide that is a uniform mixture of ``num_members`` point estimates.
+
+    :param model: the Pyro model.
+    :param num_members: the number of members M.
+    :param init_loc_fn: a Pyro init strategy, or one per member. The default draws every member's
+        start from the prior independently (``init_to_sample``).
+    :param name: the prefix of the members' param-store names.
+
+    Usage::
+
+        guide = AutoDeltaEnsemble(model, num_members=4)
+        with guide.member(2):
+            latents = guide(x)               # member 2's point estimate
+        guide.member_values(0, x)            # dict of member 0's latent values
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        num_members: int,
+        init_loc_fn: InitLocFn | Sequence[InitLocFn] = init_to_sample,
+        *,
+        name: str = "AutoDeltaEnsemble",
+    ) -> None:
+        if isinstance(num_members, bool) or not isinstance(num_members, int) or num_members < 1:
+            raise ValueError(f"num_members must be an integer >= 1, got {num_members!r}")
+        inits = list(init_loc_fn) if isinstance(init_loc_fn, Sequence) else [init_loc_fn]
+        if len(inits) not in (1, num_members):
+            raise ValueError(
+                f"give one init_loc_fn or one per member ({num_members}), got {len(inits)}"
+            )
+        inits = inits * num_members if len(inits) == 1 else inits
+        super().__init__(name)
+        self.num_members = num_members
+        self.members = PyroModule[nn.ModuleList](
+            [AutoDelta(model, init_loc_fn=init) for init in inits]
+        )
+        self._active: int | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """The active member's latents, or a uniformly drawn member's outside :meth:`member`."""
+        index = self._active
+        if index is None:
+            index = int(torch.randint(self.num_members, ()))
+        return self.members[index](*args, **kwargs)
+
+    @contextmanager
+    def member(self, index: int) -> Iterator[AutoDelta]:
+        """Make member ``index`` the guide inside the block."""
+        if not 0 <= index < self.num_members:
+            raise IndexError(f"member {index} out of range for {self.num_members} members")
+        previous, self._active = self._active, index
+        try:
+            yield self.members[index]
+        finally:
+            self._active = previous
+
+    @torch.no_grad()
+    def member_values(self, index: int, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Member ``index``'s latent values (the point estimate), detached."""
+        return self.members[index].median(*args, **kwargs)
+
+
+def is_ensemble(guide: object) -> bool:
+    """Whether ``guide`` is an ensemble guide (has ``num_members`` and ``member``)."""
+    return isinstance(getattr(guide, "num_members", None), int) and hasattr(guide, "member")
+
+
+def sum_over_members(guide: Any, loss_and_grads: Callable[[], float]) -> float:
+    """Run ``loss_and_grads()`` once per member of ``guide``; return the summed loss.
+
+    Gradients of parameters seen by an earlier member are set aside while the next member runs,
+    so that every member's passes start from clean gradients, then added back: parameters shared
+    by the members (e.g. the model's own point parameters) end with the sum of their gradients.
+    """
+    total = 0.0
+    summed: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> its gradient over members so far
+    for index in range(guide.num_members):
+        for p in summed:
+            p.grad = None
+        with guide.member(index), poutine.trace(param_only=True) as capture:
+            total += loss_and_grads()
+        for site in capture.trace.nodes.values():
+            p = site["value"].unconstrained()
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            summed[p] = summed[p] + grad if p in summed else grad
+    for p, grad in summed.items():
+        p.grad = grad
+    return total
+
+
+class EnsembleELBO(ELBO):
+    """Train every member of an :class:`AutoDeltaEnsemble` at each step with a plain ELBO.
+
+    The loss is the sum of the members' losses, one trace per member: a deep ensemble, the
+    baseline of OT-MDR's uniform-mixture setting. For any other guide it is the wrapped ELBO.
+
+    Usage::
+
+        svi = SVI(model, AutoDeltaEnsemble(model, 5), optim, loss=EnsembleELBO(Trace_ELBO()))
+    """
+
+    def __init__(self, elbo: ELBO) -> None:
+        if not isinstance(elbo, ELBO):
+            raise TypeError(f"expected a pyro.infer.ELBO to wrap, got {type(elbo).__name__}")
+        super().__init__()
+        self.elbo = elbo
+
+    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+        return self.elbo._get_trace(model, guide, args, kwargs)
+
+    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        if not is_ensemble(guide):
+            return self.elbo.loss(model, guide, *args, **kwargs)
+        total = 0.0
+        for index in range(guide.num_members):
+            with guide.member(index):
+                total += self.elbo.loss(model, guide, *args, **kwargs)
+        return total
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        if not is_ensemble(guide):
+            return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+        return sum_over_members(
+            guide, lambda: float(self.elbo.loss_and_grads(model, guide, *args, **kwargs))
+        )
