@@ -11,8 +11,9 @@ Usage::
 
 from .ensemble import AutoDeltaEnsemble, EnsembleELBO
 from .evaluation import EvaluationResult, evaluate
-from .otmdr import DEFAULT_NOISE_STD, OTMDR, SAM, NonFiniteLossError, StepInfo
+from .otmdr import DEFAULT_NOISE_STD, OTMDR, SAM
 from .perturbation import perturbed_by_default
+from .step import NonFiniteLossError, SharpnessAwareStep, StepInfo
 
 __all__ = [
     "DEFAULT_NOISE_STD",
@@ -22,6 +23,7 @@ __all__ = [
     "EnsembleELBO",
     "EvaluationResult",
     "NonFiniteLossError",
+    "SharpnessAwareStep",
     "StepInfo",
     "evaluate",
     "perturbed_by_default",

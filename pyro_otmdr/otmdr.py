@@ -24,10 +24,8 @@ Usage::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyro
@@ -42,17 +40,15 @@ from pyro.infer import (
 )
 
 from .batching import Batch, BatchSplitter, split_in_halves
-from .core import add_gaussian_noise_, ascend_, restore_, snapshot
 from .ensemble import is_ensemble, sum_over_members
 from .perturbation import PerturbRule, perturbed_by_default
 from .reparam_noise import FixedReparamNoise
-from .running_stats import RunningStatsGuard
+from .step import NonFiniteLossError, ParamGroups, SharpnessAwareStep, StepInfo, check_positive
 
 __all__ = ["DEFAULT_NOISE_STD", "OTMDR", "SAM", "NonFiniteLossError", "StepInfo"]
 
 DEFAULT_NOISE_STD = 0.0
 """Default standard deviation of the noise added after each ascent move (see the README)."""
-
 
 _JIT_ELBOS = (
     JitTrace_ELBO,
@@ -60,50 +56,6 @@ _JIT_ELBOS = (
     JitTraceGraph_ELBO,
     JitTraceMeanField_ELBO,
 )
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A pass of a sharpness-aware step returned a NaN or infinite loss."""
-
-
-@dataclass
-class _Params:
-    """The parameters of one step: those that are moved and those that are not."""
-
-    perturbed: list[torch.Tensor] = field(default_factory=list)
-    fixed: list[torch.Tensor] = field(default_factory=list)
-
-    @property
-    def all(self) -> list[torch.Tensor]:
-        return self.perturbed + self.fixed
-
-
-@dataclass
-class StepInfo:
-    """What the last step saw, for monitoring and tests (tensors stay on their device).
-
-    :ivar losses: the whole batch's loss at each particle's perturbed parameters.
-    :ivar ascent_norms: the global gradient norm of each ascent move, particle by particle.
-    :ivar reparam_noise: the guide's standard-normal noise ``kappa`` per site, fixed for the step.
-    """
-
-    losses: list[float]
-    ascent_norms: list[torch.Tensor]
-    reparam_noise: dict[str, torch.Tensor]
-
-
-@dataclass
-class _Step:
-    """What one step's passes share."""
-
-    model: Callable
-    guide: Callable
-    batch: Batch
-    params: _Params = field(default_factory=_Params)
-    saved: list[torch.Tensor] | None = None
-    accumulated: list[torch.Tensor] | None = None
-    center_grads: list[torch.Tensor] | None = None
-    ascent_norms: list[torch.Tensor] = field(default_factory=list)
 
 
 class OTMDR(ELBO):
@@ -137,24 +89,12 @@ class OTMDR(ELBO):
         split_batch: BatchSplitter | None = None,
         seed: int | None = None,
     ) -> None:
+        check_positive("rho", rho)
         rho2 = 2.0 * rho if rho2 is None else rho2
-        _check_positive("rho", rho)
-        _check_positive("rho2", rho2)
-        self._init_core(
-            elbo, radii=(rho, rho2), n_particles=n_particles, noise_std=noise_std, seed=seed
-        )
-        self.perturb = perturb or perturbed_by_default
+        self._init(elbo, SharpnessAwareStep((rho, rho2), n_particles, noise_std, seed), perturb)
         self.split_batch = split_batch or split_in_halves
 
-    def _init_core(
-        self,
-        elbo: ELBO,
-        *,
-        radii: tuple[float, ...],
-        n_particles: int,
-        noise_std: float,
-        seed: int | None,
-    ) -> None:
+    def _init(self, elbo: ELBO, engine: SharpnessAwareStep, perturb: PerturbRule | None) -> None:
         if not isinstance(elbo, ELBO):
             raise TypeError(
                 f"expected a pyro.infer.ELBO to wrap (e.g. Trace_ELBO()), got {type(elbo).__name__}"
@@ -166,27 +106,32 @@ class OTMDR(ELBO):
                 "half batches and the whole batch with noise fixed per step: wrap the non-jit "
                 f"version ({type(elbo).__name__.removeprefix('Jit')}) instead"
             )
-        if isinstance(n_particles, bool) or not isinstance(n_particles, int) or n_particles < 1:
-            raise ValueError(f"n_particles must be an integer >= 1, got {n_particles!r}")
-        if not (isinstance(noise_std, int | float) and math.isfinite(noise_std) and noise_std >= 0):
-            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
         super().__init__()
         self.elbo = elbo
-        self.radii = radii
-        self.n_particles = n_particles
-        self.noise_std = float(noise_std)
-        self.generator = torch.Generator()
-        self.generator.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
-        self._device_generators: dict[torch.device, torch.Generator] = {}
+        self.engine = engine
+        self.perturb = perturb or perturbed_by_default
         self.last_step: StepInfo | None = None
 
     @property
     def rho(self) -> float:
-        return self.radii[0]
+        return self.engine.radii[0]
 
     @property
     def rho2(self) -> float | None:
-        return self.radii[1] if len(self.radii) > 1 else None
+        return self.engine.radii[1] if len(self.engine.radii) > 1 else None
+
+    @property
+    def n_particles(self) -> int:
+        return self.engine.n_particles
+
+    @property
+    def noise_std(self) -> float:
+        return self.engine.noise_std
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The generator of the batch splits and the noise."""
+        return self.engine.generator
 
     # -- the Pyro ELBO interface ---------------------------------------------------------------
 
@@ -216,67 +161,29 @@ class OTMDR(ELBO):
     def _step(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> float:
         """One step for one point estimate or Gaussian guide (an ensemble member)."""
         reparam_noise = FixedReparamNoise()
-        step = _Step(model, reparam_noise(guide), (args, kwargs))
-        try:
-            with RunningStatsGuard() as running_stats:
-                losses = [self._particle(step, k, running_stats) for k in range(self.n_particles)]
-                if step.params.fixed:
-                    self._gradient_at_center(step)
-        except BaseException:
-            zero_grads_(step.params.all)
-            raise
-        finally:
-            if step.saved is not None:
-                restore_(step.params.perturbed, step.saved)
-        self.last_step = StepInfo(losses, step.ascent_norms, reparam_noise.noise)
-        return sum(losses) / len(losses)
+        fixed_guide = reparam_noise(guide)
+        params = ParamGroups()
 
-    # -- passes ----------------------------------------------------------------------------------
+        def evaluate(batch: Batch, label: str) -> float:
+            args, kwargs = batch
+            if not params.all:
+                with self._capture(params):
+                    return self.elbo.loss_and_grads(model, fixed_guide, *args, **kwargs)
+            with pyro.validation_enabled(False):  # the first pass validated the inputs
+                return self.elbo.loss_and_grads(model, fixed_guide, *args, **kwargs)
+
+        info = self.engine.run(evaluate, (args, kwargs), self._ascent_batches, params)
+        info.reparam_noise = reparam_noise.noise
+        self.last_step = info
+        return sum(info.losses) / len(info.losses)
 
     def _ascent_batches(self, batch: Batch) -> Sequence[Batch]:
         """The batches of the ascent moves of one particle: two random halves."""
         args, kwargs = batch
         return self.split_batch(args, kwargs, self.generator)
 
-    def _particle(self, step: _Step, k: int, running_stats: RunningStatsGuard) -> float:
-        """Move particle ``k`` by the ascent steps, add its gradient, restore; return its loss."""
-        for i, (half, radius) in enumerate(
-            zip(self._ascent_batches(step.batch), self.radii, strict=True)
-        ):
-            self._pass(step, half, f"particle {k + 1}, ascent step {i + 1}")
-            if half is step.batch and step.center_grads is None:  # SAM: whole batch, unperturbed
-                step.center_grads = [g.clone() for g in grads_of(step.params.fixed)]
-            step.ascent_norms.append(self._ascend(step.params, radius))
-        if k == 0:
-            running_stats.begin_counted()  # the step's first full-batch pass moves the statistics
-        loss = self._pass(step, step.batch, f"particle {k + 1}, full-batch gradient")
-        if k == 0:
-            running_stats.end_counted()
-        restore_(step.params.perturbed, step.saved)
-        zero_grads_(step.params.fixed)
-        self._accumulate(step, k)
-        return loss
-
-    def _pass(self, step: _Step, batch: Batch, label: str) -> float:
-        """One evaluation of the wrapped ELBO with backward; the first one captures the params."""
-        args, kwargs = batch
-        if step.saved is None:
-            with self._capture(step.params):
-                loss = self.elbo.loss_and_grads(step.model, step.guide, *args, **kwargs)
-            step.saved = snapshot(step.params.perturbed)
-        else:  # the first pass has validated the inputs; later ones see subsets of them
-            with pyro.validation_enabled(False):
-                loss = self.elbo.loss_and_grads(step.model, step.guide, *args, **kwargs)
-        loss = float(loss)
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(
-                f"{type(self).__name__} {label}: the loss is {loss}; the parameters were restored "
-                "to their values before the step (skip this batch, or lower the learning rate/rho)"
-            )
-        return loss
-
     @contextmanager
-    def _capture(self, params: _Params) -> Iterator[None]:
+    def _capture(self, params: ParamGroups) -> Iterator[None]:
         with poutine.trace(param_only=True) as capture:
             yield
         for site in capture.trace.nodes.values():
@@ -289,68 +196,15 @@ class OTMDR(ELBO):
                 "check the perturb= rule"
             )
 
-    def _ascend(self, params: _Params, radius: float) -> torch.Tensor:
-        grads = grads_of(params.perturbed)
-        norm = ascend_(params.perturbed, grads, radius)
-        add_gaussian_noise_(params.perturbed, self.noise_std, self._generator_for(grads[0]))
-        zero_grads_(params.all)
-        return norm
-
-    def _accumulate(self, step: _Step, k: int) -> None:
-        """Keep the sum of particle gradients aside; leave their mean in ``.grad`` at the end."""
-        grads = grads_of(step.params.perturbed)
-        if k < self.n_particles - 1:
-            if step.accumulated is None:
-                step.accumulated = [g.clone() for g in grads]
-            else:
-                torch._foreach_add_(step.accumulated, grads)
-            zero_grads_(step.params.perturbed)
-        elif step.accumulated is not None:
-            torch._foreach_add_(grads, step.accumulated)
-            torch._foreach_div_(grads, float(self.n_particles))
-
-    def _gradient_at_center(self, step: _Step) -> None:
-        """The whole batch's gradient at the unperturbed parameters, for those not perturbed."""
-        if step.center_grads is not None:
-            for p, g in zip(step.params.fixed, step.center_grads, strict=True):
-                p.grad = g
-            return
-        descent = [p.grad for p in step.params.perturbed]
-        for p in step.params.perturbed:
-            p.grad = None
-        self._pass(step, step.batch, "full-batch gradient at the unperturbed parameters")
-        for p, g in zip(step.params.perturbed, descent, strict=True):
-            p.grad = g
-
-    def _generator_for(self, like: torch.Tensor) -> torch.Generator:
-        if like.device.type == "cpu":
-            return self.generator
-        gen = self._device_generators.get(like.device)
-        if gen is None:
-            gen = torch.Generator(device=like.device)
-            gen.manual_seed(int(torch.randint(2**62, (), generator=self.generator)))
-            self._device_generators[like.device] = gen
-        return gen
-
     # -- state -----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         """The generators' states, to resume a run with the same splits and noise."""
-        return {
-            "generator": self.generator.get_state(),
-            "device_generators": {
-                str(d): g.get_state() for d, g in self._device_generators.items()
-            },
-        }
+        return self.engine.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
-        self.generator.set_state(state["generator"])
-        self._device_generators = {}
-        for device, gen_state in state["device_generators"].items():
-            gen = torch.Generator(device=device)
-            gen.set_state(gen_state)
-            self._device_generators[torch.device(device)] = gen
+        self.engine.load_state_dict(state)
 
 
 class SAM(OTMDR):
@@ -363,31 +217,7 @@ class SAM(OTMDR):
     """
 
     def __init__(self, elbo: ELBO, *, rho: float, perturb: PerturbRule | None = None) -> None:
-        _check_positive("rho", rho)
-        self._init_core(elbo, radii=(rho,), n_particles=1, noise_std=0.0, seed=0)
-        self.perturb = perturb or perturbed_by_default
+        self._init(elbo, SharpnessAwareStep((rho,), n_particles=1, noise_std=0.0, seed=0), perturb)
 
     def _ascent_batches(self, batch: Batch) -> Sequence[Batch]:
         return [batch]
-
-
-def grads_of(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The ``.grad`` of each parameter, a zero tensor where a pass left none."""
-    grads = []
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        grads.append(p.grad)
-    return grads
-
-
-def zero_grads_(params: Sequence[torch.Tensor]) -> None:
-    """Zero the existing ``.grad`` of ``params`` in place."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if grads:
-        torch._foreach_zero_(grads)
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

@@ -1,0 +1,268 @@
+"""The sharpness-aware step itself, for any loss whose passes leave gradients in ``.grad``.
+
+:class:`SharpnessAwareStep` runs OT-MDR's particles (or SAM's single move) given a function that
+evaluates the loss on a batch and backpropagates. It knows nothing about Pyro: the SVI wrapper
+(:class:`pyro_otmdr.OTMDR`) and the torch-optimiser route both drive it.
+
+For each particle k: each ascent batch (two random halves for OT-MDR, the whole batch for SAM)
+is evaluated at the current point and the perturbed parameters move by
+``radius * g / ||g||`` plus optional Gaussian noise; then the whole batch is evaluated and its
+gradient kept; then the parameters are restored from the saved copy. ``.grad`` ends holding the
+mean of the particle gradients for the perturbed parameters, and the whole batch's gradient at
+the unperturbed point for the others.
+
+Usage::
+
+    step = SharpnessAwareStep(radii=(0.05, 0.1), n_particles=2, noise_std=0.0, seed=0)
+    params = ParamGroups(perturbed=list(net.parameters()))
+    info = step.run(evaluate, (args, kwargs), split_into_halves, params)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .batching import Batch
+from .core import add_gaussian_noise_, ascend_, restore_, snapshot
+from .running_stats import RunningStatsGuard
+
+__all__ = ["NonFiniteLossError", "ParamGroups", "SharpnessAwareStep", "StepInfo"]
+
+Evaluate = Callable[[Batch, str], float]
+"""``evaluate(batch, label) -> loss``: one pass that backpropagates into ``.grad``."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A pass of a sharpness-aware step returned a NaN or infinite loss."""
+
+
+@dataclass
+class ParamGroups:
+    """The parameters of a step: those that are moved and those that are not.
+
+    The torch route fills it before the step; the Pyro route during the step's first pass.
+    """
+
+    perturbed: list[torch.Tensor] = field(default_factory=list)
+    fixed: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def all(self) -> list[torch.Tensor]:
+        return self.perturbed + self.fixed
+
+
+@dataclass
+class StepInfo:
+    """What the last step saw, for monitoring and tests (tensors stay on their device).
+
+    :ivar losses: the whole batch's loss at each particle's perturbed parameters.
+    :ivar ascent_norms: the global gradient norm of each ascent move, particle by particle.
+    :ivar reparam_noise: a Pyro guide's standard-normal noise per site, fixed for the step.
+    """
+
+    losses: list[float]
+    ascent_norms: list[torch.Tensor]
+    reparam_noise: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _State:
+    """What the passes of one step share."""
+
+    evaluate: Evaluate
+    batch: Batch
+    params: ParamGroups
+    saved: list[torch.Tensor] | None = None
+    accumulated: list[torch.Tensor] | None = None
+    center_grads: list[torch.Tensor] | None = None
+    ascent_norms: list[torch.Tensor] = field(default_factory=list)
+
+
+class SharpnessAwareStep:
+    """The algorithm of one OT-MDR (or SAM) step, with its own seeded generators.
+
+    :param radii: the radius of each ascent move (OT-MDR: ``(rho, rho2)``; SAM: ``(rho,)``).
+    :param n_particles: the number of particles whose gradients are averaged.
+    :param noise_std: standard deviation of the Gaussian noise added after each ascent move.
+    :param seed: seeds the generator of the splits and the noise; drawn from torch's global
+        generator when omitted.
+    """
+
+    def __init__(
+        self,
+        radii: Sequence[float],
+        n_particles: int = 1,
+        noise_std: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
+        for i, radius in enumerate(radii):
+            check_positive("rho" if i == 0 else f"rho{i + 1}", radius)
+        if isinstance(n_particles, bool) or not isinstance(n_particles, int) or n_particles < 1:
+            raise ValueError(f"n_particles must be an integer >= 1, got {n_particles!r}")
+        if not (isinstance(noise_std, int | float) and math.isfinite(noise_std) and noise_std >= 0):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+        self.radii = tuple(float(r) for r in radii)
+        self.n_particles = n_particles
+        self.noise_std = float(noise_std)
+        self.generator = torch.Generator()
+        self.generator.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
+        self._device_generators: dict[torch.device, torch.Generator] = {}
+
+    def run(
+        self,
+        evaluate: Evaluate,
+        batch: Batch,
+        ascent_batches: Callable[[Batch], Sequence[Batch]],
+        params: ParamGroups,
+    ) -> StepInfo:
+        """Take one step; leave the descent gradient in ``.grad`` and return what it saw.
+
+        ``ascent_batches(batch)`` gives one batch per radius, drawn afresh for every particle;
+        an ascent batch that *is* ``batch`` (SAM) also yields the unperturbed parameters'
+        gradient. After any exception the parameters are restored bit for bit, normalisation
+        statistics are as before the step and the gradients are zeroed.
+        """
+        state = _State(evaluate, batch, params)
+        try:
+            with RunningStatsGuard() as running_stats:
+                losses = [
+                    self._particle(state, k, ascent_batches, running_stats)
+                    for k in range(self.n_particles)
+                ]
+                if params.fixed:
+                    self._gradient_at_center(state)
+        except BaseException:
+            zero_grads_(params.all)
+            raise
+        finally:
+            if state.saved is not None:
+                restore_(params.perturbed, state.saved)
+        return StepInfo(losses, state.ascent_norms)
+
+    def _particle(
+        self,
+        state: _State,
+        k: int,
+        ascent_batches: Callable[[Batch], Sequence[Batch]],
+        running_stats: RunningStatsGuard,
+    ) -> float:
+        """Move particle ``k`` by the ascent steps, add its gradient, restore; return its loss."""
+        halves = ascent_batches(state.batch)
+        if len(halves) != len(self.radii):
+            raise ValueError(f"expected {len(self.radii)} ascent batches, got {len(halves)}")
+        for i, (half, radius) in enumerate(zip(halves, self.radii, strict=True)):
+            self._pass(state, half, f"particle {k + 1}, ascent step {i + 1}")
+            if half is state.batch and state.center_grads is None:  # whole batch, unperturbed
+                state.center_grads = [g.clone() for g in grads_of(state.params.fixed)]
+            state.ascent_norms.append(self._ascend(state.params, radius))
+        if k == 0:
+            running_stats.begin_counted()  # the step's first full-batch pass moves the statistics
+        loss = self._pass(state, state.batch, f"particle {k + 1}, full-batch gradient")
+        if k == 0:
+            running_stats.end_counted()
+        restore_(state.params.perturbed, state.saved)
+        zero_grads_(state.params.fixed)
+        self._accumulate(state, k)
+        return loss
+
+    def _pass(self, state: _State, batch: Batch, label: str) -> float:
+        loss = float(state.evaluate(batch, label))
+        if state.saved is None:
+            if not state.params.perturbed:
+                raise ValueError("found no parameter to perturb: check which are perturbed")
+            state.saved = snapshot(state.params.perturbed)
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"{label}: the loss is {loss}; the parameters were restored to their values "
+                "before the step (skip this batch, or lower the learning rate or rho)"
+            )
+        return loss
+
+    def _ascend(self, params: ParamGroups, radius: float) -> torch.Tensor:
+        grads = grads_of(params.perturbed)
+        norm = ascend_(params.perturbed, grads, radius)
+        add_gaussian_noise_(params.perturbed, self.noise_std, self._generator_for(grads[0]))
+        zero_grads_(params.all)
+        return norm
+
+    def _accumulate(self, state: _State, k: int) -> None:
+        """Keep the sum of particle gradients aside; leave their mean in ``.grad`` at the end."""
+        grads = grads_of(state.params.perturbed)
+        if k < self.n_particles - 1:
+            if state.accumulated is None:
+                state.accumulated = [g.clone() for g in grads]
+            else:
+                torch._foreach_add_(state.accumulated, grads)
+            zero_grads_(state.params.perturbed)
+        elif state.accumulated is not None:
+            torch._foreach_add_(grads, state.accumulated)
+            torch._foreach_div_(grads, float(self.n_particles))
+
+    def _gradient_at_center(self, state: _State) -> None:
+        """The whole batch's gradient at the unperturbed parameters, for those not perturbed."""
+        if state.center_grads is not None:
+            for p, g in zip(state.params.fixed, state.center_grads, strict=True):
+                p.grad = g
+            return
+        descent = [p.grad for p in state.params.perturbed]
+        for p in state.params.perturbed:
+            p.grad = None
+        self._pass(state, state.batch, "full-batch gradient at the unperturbed parameters")
+        for p, g in zip(state.params.perturbed, descent, strict=True):
+            p.grad = g
+
+    def _generator_for(self, like: torch.Tensor) -> torch.Generator:
+        if like.device.type == "cpu":
+            return self.generator
+        gen = self._device_generators.get(like.device)
+        if gen is None:
+            gen = torch.Generator(device=like.device)
+            gen.manual_seed(int(torch.randint(2**62, (), generator=self.generator)))
+            self._device_generators[like.device] = gen
+        return gen
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generators' states, to resume a run with the same splits and noise."""
+        return {
+            "generator": self.generator.get_state(),
+            "device_generators": {
+                str(d): g.get_state() for d, g in self._device_generators.items()
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.generator.set_state(state["generator"])
+        self._device_generators = {}
+        for device, gen_state in state["device_generators"].items():
+            gen = torch.Generator(device=device)
+            gen.set_state(gen_state)
+            self._device_generators[torch.device(device)] = gen
+
+
+def grads_of(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The ``.grad`` of each parameter, a zero tensor where a pass left none."""
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    return grads
+
+
+def zero_grads_(params: Sequence[torch.Tensor]) -> None:
+    """Zero the existing ``.grad`` of ``params`` in place."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        torch._foreach_zero_(grads)
+
+
+def check_positive(name: str, value: float) -> None:
+    """``ValueError`` unless ``value`` is a finite number > 0."""
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
