@@ -1,8 +1,9 @@
 """Median milliseconds per training step of plain SVI, SAM and OT-MDR, measured side by side.
 
-For each guide (AutoDelta, AutoNormal) one MLP BNN on digits-shaped data is trained by every method
-in turn, round after round (interleaved, so the machine's load falls on all methods alike); the
-script prints the median ms/step of each and the ratios to SAM.
+For each guide (AutoDelta, AutoNormal, AutoDeltaEnsemble of M members) one MLP BNN on
+digits-shaped data is trained by every method in turn, round after round (interleaved, so the
+machine's load falls on all methods alike); the script prints the median ms/step of each, the
+ratios to SAM and plain SVI, and for the ensemble the ratio to M AutoDelta steps of that method.
 
 Usage::
 
@@ -25,7 +26,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.nn import PyroModule, PyroSample
 
-from pyro_otmdr import OTMDR, SAM
+from pyro_otmdr import OTMDR, SAM, AutoDeltaEnsemble, EnsembleELBO
 
 
 class MLPBNN(PyroModule):
@@ -51,9 +52,9 @@ class MLPBNN(PyroModule):
         return logits
 
 
-def methods(rho: float) -> dict[str, Callable[[], pyro.infer.ELBO]]:
+def methods(rho: float, ensemble: bool) -> dict[str, Callable[[], pyro.infer.ELBO]]:
     return {
-        "svi": Trace_ELBO,
+        "svi": (lambda: EnsembleELBO(Trace_ELBO())) if ensemble else Trace_ELBO,
         "sam": lambda: SAM(Trace_ELBO(), rho=rho),
         "otmdr_k1": lambda: OTMDR(Trace_ELBO(), rho=rho, n_particles=1),
         "otmdr_k2": lambda: OTMDR(Trace_ELBO(), rho=rho, n_particles=2),
@@ -73,7 +74,7 @@ def time_steps(svi: SVI, x: torch.Tensor, y: torch.Tensor, steps: int, batch: in
     return 1e3 * (time.perf_counter() - start) / steps
 
 
-def bench_guide(guide_cls: type, args: argparse.Namespace) -> dict[str, float]:
+def bench_guide(make_guide: Callable, args: argparse.Namespace) -> dict[str, float]:
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     device = torch.device(args.device)
@@ -81,10 +82,10 @@ def bench_guide(guide_cls: type, args: argparse.Namespace) -> dict[str, float]:
     x = torch.randn(num_data, 64, device=device)
     y = torch.randint(0, 10, (num_data,), device=device)
     model = MLPBNN([64, *[args.hidden] * args.layers, 10], num_data).to(device)
-    guide = guide_cls(model)
+    guide = make_guide(model)
     runners = {
         name: SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=make())
-        for name, make in methods(args.rho).items()
+        for name, make in methods(args.rho, isinstance(guide, AutoDeltaEnsemble)).items()
     }
     for svi in runners.values():  # warm-up: guide set-up, allocator, caches
         time_steps(svi, x, y, 3, args.batch)
@@ -104,19 +105,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved blocks per method")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--members", type=int, default=3, help="AutoDeltaEnsemble size")
     args = parser.parse_args()
     print(
         f"MLP BNN 64-{'-'.join([str(args.hidden)] * args.layers)}-10, batch {args.batch}, "
         f"device {args.device}, torch {torch.__version__}, pyro {pyro.__version__}, "
         f"threads {torch.get_num_threads()}; median of {args.rounds} blocks of {args.steps} steps"
     )
-    print(f"{'guide':<11}{'method':<10}{'ms/step':>9}{'/ SAM':>8}{'/ SVI':>8}")
-    for guide_cls in (AutoDelta, AutoNormal):
-        times = bench_guide(guide_cls, args)
+    m = args.members
+    guides = {
+        "AutoDelta": AutoDelta,
+        "AutoNormal": AutoNormal,
+        f"Ensemble{m}": lambda model: AutoDeltaEnsemble(model, num_members=m),
+    }
+    print(f"{'guide':<11}{'method':<10}{'ms/step':>9}{'/ SAM':>8}{'/ SVI':>8}{'/ M x Delta':>12}")
+    delta: dict[str, float] = {}
+    for label, make_guide in guides.items():
+        times = bench_guide(make_guide, args)
+        delta = delta or times
         for name, ms in times.items():
+            per_member = f"{ms / (m * delta[name]):>12.2f}" if label.startswith("Ens") else ""
             print(
-                f"{guide_cls.__name__:<11}{name:<10}{ms:>9.2f}"
-                f"{ms / times['sam']:>8.2f}{ms / times['svi']:>8.2f}"
+                f"{label:<11}{name:<10}{ms:>9.2f}"
+                f"{ms / times['sam']:>8.2f}{ms / times['svi']:>8.2f}{per_member}"
             )
 
 
