@@ -207,6 +207,16 @@ def autonormal(model, theta0):
     return AutoNormal(model, init_loc_fn=init_values(theta0), init_scale=0.3)
 
 
+def autonormal_state(loss):
+    """``kappa``, unconstrained scale ``u``, ``s = softplus(u)``, and the gradients of mu and u."""
+    store = pyro.get_param_store()
+    kappa = torch.cat([loss.last_step.reparam_noise[f"{s}_unconstrained"] for s in "ab"])
+    u = torch.cat([store[f"AutoNormal.scales.{s}"].unconstrained().detach() for s in "ab"])
+    mu_grad = torch.cat([store[f"AutoNormal.locs.{s}"].unconstrained().grad for s in "ab"])
+    u_grad = torch.cat([store[f"AutoNormal.scales.{s}"].unconstrained().grad for s in "ab"])
+    return kappa, u, torch.nn.functional.softplus(u), mu_grad, u_grad
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n_particles", [1, 2])
 def test_autonormal_moves_means_only_and_scales_see_the_unperturbed_sample(device, n_particles):
@@ -216,16 +226,10 @@ def test_autonormal_moves_means_only_and_scales_see_the_unperturbed_sample(devic
     loss = OTMDR(Trace_ELBO(), rho=0.3, n_particles=n_particles, split_batch=halves_in_order)
     loss.loss_and_grads(model, guide, y)  # leaves the descent gradient in .grad
 
-    store = pyro.get_param_store()
-    kappa = torch.cat([loss.last_step.reparam_noise[f"{s}_unconstrained"] for s in "ab"])
-    u = torch.cat([store[f"AutoNormal.scales.{s}"].unconstrained().detach() for s in "ab"])
-    scale = torch.nn.functional.softplus(u)
+    kappa, u, scale, mu_grad, u_grad = autonormal_state(loss)
     offset = scale * kappa
     expected_mu = otmdr_gradient(theta0, y, (y[:4], y[4:]), 0.3, 0.6, offset=offset)
     expected_u = (grad(theta0 + offset, y) * kappa - 1 / scale) * torch.sigmoid(u)
-
-    mu_grad = torch.cat([store[f"AutoNormal.locs.{s}"].unconstrained().grad for s in "ab"])
-    u_grad = torch.cat([store[f"AutoNormal.scales.{s}"].unconstrained().grad for s in "ab"])
     torch.testing.assert_close(mu_grad, expected_mu)
     torch.testing.assert_close(u_grad, expected_u)
     torch.testing.assert_close(params_vector(["AutoNormal.locs.a", "AutoNormal.locs.b"]), theta0)
@@ -277,14 +281,9 @@ def test_sam_with_autonormal_reuses_its_unperturbed_pass_for_the_scales():
     loss.loss_and_grads(model, counting_guide, y)
     assert passes == [8, 8]  # ascent and gradient; the scales need no third pass
 
-    store = pyro.get_param_store()
-    kappa = torch.cat([loss.last_step.reparam_noise[f"{s}_unconstrained"] for s in "ab"])
-    u = torch.cat([store[f"AutoNormal.scales.{s}"].unconstrained().detach() for s in "ab"])
-    scale = torch.nn.functional.softplus(u)
+    kappa, u, scale, mu_grad, u_grad = autonormal_state(loss)
     z0 = theta0 + scale * kappa
     expected_mu = grad(ascend(theta0, grad(z0, y), 0.3) + scale * kappa, y)
     expected_u = (grad(z0, y) * kappa - 1 / scale) * torch.sigmoid(u)
-    mu_grad = torch.cat([store[f"AutoNormal.locs.{s}"].unconstrained().grad for s in "ab"])
-    u_grad = torch.cat([store[f"AutoNormal.scales.{s}"].unconstrained().grad for s in "ab"])
     torch.testing.assert_close(mu_grad, expected_mu)
     torch.testing.assert_close(u_grad, expected_u)

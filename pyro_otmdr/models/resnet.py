@@ -78,7 +78,7 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(fan_in, num_classes)
-        _init_weights(self)
+        init_resnet_weights(self)
 
     @staticmethod
     def _stage(in_channels: int, out_channels: int, num_blocks: int, stride: int) -> nn.Sequential:
@@ -92,7 +92,7 @@ class CifarResNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-def _init_weights(net: nn.Module) -> None:
+def init_resnet_weights(net: nn.Module) -> None:
     """He-normal convolutions, unit/zero BatchNorm affine (torchvision's ResNet scheme)."""
     for module in net.modules():
         if isinstance(module, nn.Conv2d):
