@@ -9,8 +9,10 @@ Usage::
               loss=OTMDR(Trace_ELBO(), rho=0.05, n_particles=2))
 """
 
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .ensemble import AutoDeltaEnsemble, EnsembleELBO
 from .evaluation import EvaluationResult, evaluate
+from .optim import OTMDROptimizer, SAMOptimizer
 from .otmdr import DEFAULT_NOISE_STD, OTMDR, SAM
 from .perturbation import perturbed_by_default
 from .step import NonFiniteLossError, SharpnessAwareStep, StepInfo
@@ -20,11 +22,16 @@ __all__ = [
     "OTMDR",
     "SAM",
     "AutoDeltaEnsemble",
+    "CheckpointError",
     "EnsembleELBO",
     "EvaluationResult",
     "NonFiniteLossError",
+    "OTMDROptimizer",
+    "SAMOptimizer",
     "SharpnessAwareStep",
     "StepInfo",
     "evaluate",
+    "load_checkpoint",
     "perturbed_by_default",
+    "save_checkpoint",
 ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,9 @@ __all__ = ["NonFiniteLossError", "ParamGroups", "SharpnessAwareStep", "StepInfo"
 
 Evaluate = Callable[[Batch, str], float]
 """``evaluate(batch, label) -> loss``: one pass that backpropagates into ``.grad``."""
+
+AscentContext = Callable[[], AbstractContextManager]
+"""``ascent_context()``: entered around each ascent pass (e.g. DDP's ``no_sync``)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -77,6 +81,7 @@ class _State:
     evaluate: Evaluate
     batch: Batch
     params: ParamGroups
+    ascent_context: AscentContext = nullcontext
     saved: list[torch.Tensor] | None = None
     accumulated: list[torch.Tensor] | None = None
     center_grads: list[torch.Tensor] | None = None
@@ -119,6 +124,8 @@ class SharpnessAwareStep:
         batch: Batch,
         ascent_batches: Callable[[Batch], Sequence[Batch]],
         params: ParamGroups,
+        *,
+        ascent_context: AscentContext | None = None,
     ) -> StepInfo:
         """Take one step; leave the descent gradient in ``.grad`` and return what it saw.
 
@@ -126,8 +133,11 @@ class SharpnessAwareStep:
         an ascent batch that *is* ``batch`` (SAM) also yields the unperturbed parameters'
         gradient. After any exception the parameters are restored bit for bit, normalisation
         statistics are as before the step and the gradients are zeroed.
+
+        ``ascent_context()``, when given, is entered around each ascent pass (forward and
+        backward): DDP's ``no_sync`` there makes every rank perturb with its local gradient.
         """
-        state = _State(evaluate, batch, params)
+        state = _State(evaluate, batch, params, ascent_context or nullcontext)
         try:
             with RunningStatsGuard() as running_stats:
                 losses = [
@@ -156,7 +166,8 @@ class SharpnessAwareStep:
         if len(halves) != len(self.radii):
             raise ValueError(f"expected {len(self.radii)} ascent batches, got {len(halves)}")
         for i, (half, radius) in enumerate(zip(halves, self.radii, strict=True)):
-            self._pass(state, half, f"particle {k + 1}, ascent step {i + 1}")
+            with state.ascent_context():
+                self._pass(state, half, f"particle {k + 1}, ascent step {i + 1}")
             if half is state.batch and state.center_grads is None:  # whole batch, unperturbed
                 state.center_grads = [g.clone() for g in grads_of(state.params.fixed)]
             state.ascent_norms.append(self._ascend(state.params, radius))
