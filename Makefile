@@ -1,5 +1,5 @@
 # Two entry points do all the set-up on a fresh machine:
-#   make demo   -- create .venv, install, run the main job
+#   make demo   -- create .venv, install, run the main job (otmdr train + evaluate on digits)
 #   make test   -- create .venv, install, lint, run the test suite
 PY := .venv/bin/python
 # Python 3.12, from PATH or pyenv (.python-version selects 3.12 for pyenv's shims).
@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/digits_bnn.py
+	.venv/bin/otmdr train --out runs/demo
+	.venv/bin/otmdr evaluate runs/demo --ood fakedata
 
 lint: $(STAMP)
 	$(PY) -m ruff check $(SRC)

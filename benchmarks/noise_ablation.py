@@ -24,7 +24,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args()
-    print(f"digits, MLP 64-128-10, OT-MDR K=1, {args.epochs} epochs, {args.seeds} seeds")
+    print(
+        f"digits, MLP 64-128-10, OT-MDR K=1, Adam with a cosine schedule, {args.epochs} epochs, "
+        f"{args.seeds} seeds"
+    )
     print(f"{'guide':<8}{'noise_std':>10}{'accuracy':>18}{'nll':>18}")
     for guide, rho in RHO.items():
         for noise in NOISE:

@@ -221,13 +221,14 @@ def _encode_constraint(constraint: Any, where: str) -> dict[str, Any]:
     for name in dir(constraints):
         if getattr(constraints, name) is constraint:
             return {"name": name}
-    cls = type(constraint)
-    if getattr(constraints, cls.__name__, None) is cls:
+    cls = type(constraint)  # a parametrised constraint, by its public name (independent, ...)
+    alias = next((name for name in dir(constraints) if getattr(constraints, name) is cls), None)
+    if alias is not None:
         args = {
             k: _encode_constraint(v, where) if isinstance(v, constraints.Constraint) else v
             for k, v in vars(constraint).items()
         }
-        return {"class": cls.__name__, "args": args}
+        return {"class": alias, "args": args}
     raise CheckpointError(
         f"cannot save the constraint {constraint!r} of parameter {where!r}: only the constraints "
         "of pyro.distributions.constraints can be stored"

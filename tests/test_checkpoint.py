@@ -3,6 +3,7 @@
 import os
 
 import pyro
+import pyro.distributions.constraints as constraints
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
@@ -192,3 +193,25 @@ def test_unserialisable_extra_and_missing_parts_are_clear_errors(tmp_path):
     save_checkpoint(tmp_path / "x.pt", step=0)
     with pytest.raises(CheckpointError, match="no optim state"):
         load_checkpoint(tmp_path / "x.pt", optim=pyro.optim.Adam({"lr": 0.1}))
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        constraints.independent(constraints.real, 2),  # AutoDelta's params of a matrix site
+        constraints.independent(constraints.positive, 1),
+        constraints.interval(0.0, 2.0),
+        constraints.softplus_positive,
+    ],
+)
+def test_parametrised_constraints_survive_a_round_trip(tmp_path, constraint):
+    pyro.clear_param_store()
+    value = torch.full((2, 3), 0.5)
+    pyro.param("p", value, constraint=constraint)
+    save_checkpoint(tmp_path / "c.pt", epoch=1, step=1)
+    pyro.clear_param_store()
+    load_checkpoint(tmp_path / "c.pt", restore_rng=False)
+    restored = pyro.get_param_store()
+    assert type(restored._constraints["p"]) is type(constraint)
+    assert vars(restored._constraints["p"]) == vars(constraint)
+    assert torch.equal(restored["p"].detach(), value)
