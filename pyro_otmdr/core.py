@@ -39,11 +39,15 @@ def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 @torch.no_grad()
 def ascend_(
-    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], radius: float
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    radius: float,
+    direction: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Move ``params`` in place by ``radius * grads / ||grads||`` (one global norm).
+    """Move ``params`` in place by ``radius * direction / ||grads||`` (one global norm).
 
-    A zero gradient leaves the parameters where they are. Returns the gradient norm.
+    ``direction`` defaults to ``grads``. A zero gradient leaves the parameters where they are.
+    Returns the gradient norm.
 
     Usage::
 
@@ -52,7 +56,8 @@ def ascend_(
     """
     norm = global_norm(grads)
     step = radius / (norm + _EPS)
-    torch._foreach_add_(list(params), torch._foreach_mul(list(grads), step))
+    move = list(grads if direction is None else direction)
+    torch._foreach_add_(list(params), torch._foreach_mul(move, step))
     return norm
 
 

@@ -75,6 +75,9 @@ class OTMDR(ELBO):
         tensor argument with the batch's leading dimension is split with a fresh permutation.
     :param seed: seeds the generator of the splits and the noise; drawn from torch's global
         generator when omitted, so ``pyro.set_rng_seed`` before construction makes runs repeatable.
+    :param merge_grads: reproduce the authors' code (its ``merge_grad`` flag): the second move
+        goes along ``g1 + g2`` scaled by ``rho2 / ||g2||``. Off by default: the paper moves
+        along ``g2``.
     """
 
     def __init__(
@@ -88,10 +91,12 @@ class OTMDR(ELBO):
         perturb: PerturbRule | None = None,
         split_batch: BatchSplitter | None = None,
         seed: int | None = None,
+        merge_grads: bool = False,
     ) -> None:
         check_positive("rho", rho)
         rho2 = 2.0 * rho if rho2 is None else rho2
-        self._init(elbo, SharpnessAwareStep((rho, rho2), n_particles, noise_std, seed), perturb)
+        engine = SharpnessAwareStep((rho, rho2), n_particles, noise_std, seed, merge_grads)
+        self._init(elbo, engine, perturb)
         self.split_batch = split_batch or split_in_halves
 
     def _init(self, elbo: ELBO, engine: SharpnessAwareStep, perturb: PerturbRule | None) -> None:

@@ -96,6 +96,9 @@ class SharpnessAwareStep:
     :param noise_std: standard deviation of the Gaussian noise added after each ascent move.
     :param seed: seeds the generator of the splits and the noise; drawn from torch's global
         generator when omitted.
+    :param merge_grads: move each ascent step after the first along the sum of this and the
+        previous ascent gradient, scaled by this gradient's norm: the ``merge_grad`` flag of the
+        authors' code, not the paper's algorithm.
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class SharpnessAwareStep:
         n_particles: int = 1,
         noise_std: float = 0.0,
         seed: int | None = None,
+        merge_grads: bool = False,
     ) -> None:
         for i, radius in enumerate(radii):
             check_positive("rho" if i == 0 else f"rho{i + 1}", radius)
@@ -114,6 +118,7 @@ class SharpnessAwareStep:
         self.radii = tuple(float(r) for r in radii)
         self.n_particles = n_particles
         self.noise_std = float(noise_std)
+        self.merge_grads = bool(merge_grads)
         self.generator = torch.Generator()
         self.generator.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
         self._device_generators: dict[torch.device, torch.Generator] = {}
@@ -165,12 +170,14 @@ class SharpnessAwareStep:
         halves = ascent_batches(state.batch)
         if len(halves) != len(self.radii):
             raise ValueError(f"expected {len(self.radii)} ascent batches, got {len(halves)}")
+        previous = None
         for i, (half, radius) in enumerate(zip(halves, self.radii, strict=True)):
             with state.ascent_context():
                 self._pass(state, half, f"particle {k + 1}, ascent step {i + 1}")
             if half is state.batch and state.center_grads is None:  # whole batch, unperturbed
                 state.center_grads = [g.clone() for g in grads_of(state.params.fixed)]
-            state.ascent_norms.append(self._ascend(state.params, radius))
+            norm, previous = self._ascend(state.params, radius, previous)
+            state.ascent_norms.append(norm)
         if k == 0:
             running_stats.begin_counted()  # the step's first full-batch pass moves the statistics
         loss = self._pass(state, state.batch, f"particle {k + 1}, full-batch gradient")
@@ -194,12 +201,17 @@ class SharpnessAwareStep:
             )
         return loss
 
-    def _ascend(self, params: ParamGroups, radius: float) -> torch.Tensor:
+    def _ascend(
+        self, params: ParamGroups, radius: float, previous: list[torch.Tensor] | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """One ascent move; returns the gradient norm and (``merge_grads``) a copy of the grads."""
         grads = grads_of(params.perturbed)
-        norm = ascend_(params.perturbed, grads, radius)
+        direction = None if previous is None else torch._foreach_add(grads, previous)
+        norm = ascend_(params.perturbed, grads, radius, direction)
+        kept = [g.clone() for g in grads] if self.merge_grads else None
         add_gaussian_noise_(params.perturbed, self.noise_std, self._generator_for(grads[0]))
         zero_grads_(params.all)
-        return norm
+        return norm, kept
 
     def _accumulate(self, state: _State, k: int) -> None:
         """Keep the sum of particle gradients aside; leave their mean in ``.grad`` at the end."""

@@ -287,3 +287,17 @@ def test_sam_with_autonormal_reuses_its_unperturbed_pass_for_the_scales():
     expected_u = (grad(z0, y) * kappa - 1 / scale) * torch.sigmoid(u)
     torch.testing.assert_close(mu_grad, expected_mu)
     torch.testing.assert_close(u_grad, expected_u)
+
+
+def test_merge_grads_reproduces_the_reference_codes_second_move():
+    y, theta0 = data("cpu"), theta_init("cpu")
+    model = make_model("cpu")
+    guide = AutoDelta(model, init_loc_fn=init_values(theta0))
+    loss = OTMDR(Trace_ELBO(), rho=0.3, split_batch=halves_in_order, merge_grads=True)
+    sgd_svi(model, guide, loss, lr=0.01).step(y)
+    g1 = grad(theta0, y[:4])
+    t1 = ascend(theta0, g1, 0.3)
+    g2 = grad(t1, y[4:])
+    t2 = t1 + 0.6 * (g1 + g2) / g2.norm()  # along g1 + g2, scaled by 1 / ||g2||
+    expected = theta0 - 0.01 * grad(t2, y)
+    torch.testing.assert_close(params_vector(["AutoDelta.a", "AutoDelta.b"]), expected)
