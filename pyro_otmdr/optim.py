@@ -42,7 +42,7 @@ from .core import global_norm
 from .otmdr import DEFAULT_NOISE_STD
 from .perturbation import PerturbRule, perturbed_by_default
 from .reparam_noise import FixedReparamNoise
-from .step import ParamGroups, SharpnessAwareStep, StepInfo, check_positive, grads_of
+from .step import ParamGroups, SharpnessAwareStep, StepInfo, grads_of
 
 __all__ = ["LossClosure", "OTMDROptimizer", "SAMOptimizer"]
 
@@ -105,9 +105,7 @@ class OTMDROptimizer(torch.optim.Optimizer):
         no_sync: Callable[[], AbstractContextManager] | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
-        check_positive("rho", rho)
-        rho2 = 2.0 * rho if rho2 is None else rho2
-        engine = SharpnessAwareStep((rho, rho2), n_particles, noise_std, seed)
+        engine = SharpnessAwareStep.otmdr(rho, rho2, n_particles, noise_std, seed)
         self._init(params, base_optimizer, engine, perturb, no_sync, grad_scaler)
         self.split_batch = split_batch or split_in_halves
 
@@ -349,7 +347,7 @@ class SAMOptimizer(OTMDROptimizer):
         no_sync: Callable[[], AbstractContextManager] | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
-        engine = SharpnessAwareStep((rho,), n_particles=1, noise_std=0.0, seed=0)
+        engine = SharpnessAwareStep.sam(rho)
         self._init(params, base_optimizer, engine, perturb, no_sync, grad_scaler)
 
     def _ascent_batches(self, batch: Batch) -> Sequence[Batch]:

@@ -43,7 +43,7 @@ from .batching import Batch, BatchSplitter, split_in_halves
 from .ensemble import is_ensemble, sum_over_members
 from .perturbation import PerturbRule, perturbed_by_default
 from .reparam_noise import FixedReparamNoise
-from .step import NonFiniteLossError, ParamGroups, SharpnessAwareStep, StepInfo, check_positive
+from .step import NonFiniteLossError, ParamGroups, SharpnessAwareStep, StepInfo
 
 __all__ = ["DEFAULT_NOISE_STD", "OTMDR", "SAM", "NonFiniteLossError", "StepInfo"]
 
@@ -93,9 +93,7 @@ class OTMDR(ELBO):
         seed: int | None = None,
         merge_grads: bool = False,
     ) -> None:
-        check_positive("rho", rho)
-        rho2 = 2.0 * rho if rho2 is None else rho2
-        engine = SharpnessAwareStep((rho, rho2), n_particles, noise_std, seed, merge_grads)
+        engine = SharpnessAwareStep.otmdr(rho, rho2, n_particles, noise_std, seed, merge_grads)
         self._init(elbo, engine, perturb)
         self.split_batch = split_batch or split_in_halves
 
@@ -222,7 +220,7 @@ class SAM(OTMDR):
     """
 
     def __init__(self, elbo: ELBO, *, rho: float, perturb: PerturbRule | None = None) -> None:
-        self._init(elbo, SharpnessAwareStep((rho,), n_particles=1, noise_std=0.0, seed=0), perturb)
+        self._init(elbo, SharpnessAwareStep.sam(rho), perturb)
 
     def _ascent_batches(self, batch: Batch) -> Sequence[Batch]:
         return [batch]

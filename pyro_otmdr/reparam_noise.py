@@ -27,17 +27,12 @@ __all__ = ["FixedReparamNoise"]
 class FixedReparamNoise(Messenger):
     """Draw each Gaussian guide site's standard-normal noise once and reuse it.
 
-    ``noise`` maps site names to the ``kappa`` drawn so far; a fresh handler (or ``clear()``)
-    starts a new step.
+    ``noise`` maps site names to the ``kappa`` drawn so far; a fresh handler starts a new step.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.noise: dict[str, torch.Tensor] = {}
-
-    def clear(self) -> None:
-        """Forget the noise drawn so far: the next pass draws fresh noise."""
-        self.noise = {}
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] or msg["value"] is not None:

@@ -123,6 +123,26 @@ class SharpnessAwareStep:
         self.generator.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
         self._device_generators: dict[torch.device, torch.Generator] = {}
 
+    @classmethod
+    def otmdr(
+        cls,
+        rho: float,
+        rho2: float | None = None,
+        n_particles: int = 1,
+        noise_std: float = 0.0,
+        seed: int | None = None,
+        merge_grads: bool = False,
+    ) -> SharpnessAwareStep:
+        """OT-MDR's two moves, of radii ``rho`` and ``rho2`` (``2 * rho`` when omitted)."""
+        check_positive("rho", rho)
+        rho2 = 2.0 * rho if rho2 is None else rho2
+        return cls((rho, rho2), n_particles, noise_std, seed, merge_grads)
+
+    @classmethod
+    def sam(cls, rho: float) -> SharpnessAwareStep:
+        """SAM's single move of radius ``rho``: one particle, no noise."""
+        return cls((rho,), n_particles=1, noise_std=0.0, seed=0)
+
     def run(
         self,
         evaluate: Evaluate,
