@@ -7,15 +7,28 @@ Usage::
 
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}),
               loss=OTMDR(Trace_ELBO(), rho=0.05, n_particles=2))
+
+The package is layered; each subpackage imports only those listed before it:
+:mod:`.bayes` (the Pyro layer), :mod:`.model_space` (OT-MDR and SAM), :mod:`.evaluation`,
+:mod:`.experiments`. The top-level modules ``bayesian``, ``data``, ``models``, ``metrics``,
+``checkpoint``, ``optim``, ``training`` and ``distributed`` are stable import paths that
+re-export them.
 """
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .ensemble import AutoDeltaEnsemble, EnsembleELBO
+from .bayes import AutoDeltaEnsemble, EnsembleELBO
 from .evaluation import EvaluationResult, evaluate
-from .optim import OTMDROptimizer, SAMOptimizer
-from .otmdr import DEFAULT_NOISE_STD, OTMDR, SAM
-from .perturbation import perturbed_by_default
-from .step import NonFiniteLossError, SharpnessAwareStep, StepInfo
+from .experiments.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .model_space import (
+    DEFAULT_NOISE_STD,
+    OTMDR,
+    SAM,
+    NonFiniteLossError,
+    OTMDROptimizer,
+    SAMOptimizer,
+    SharpnessAwareStep,
+    StepInfo,
+    perturbed_by_default,
+)
 
 __all__ = [
     "DEFAULT_NOISE_STD",

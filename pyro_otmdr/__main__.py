@@ -1,7 +1,7 @@
-"""``python -m pyro_otmdr``: the ``otmdr`` command line (see :mod:`pyro_otmdr.cli`)."""
+"""``python -m pyro_otmdr``: the ``otmdr`` command line (see :mod:`pyro_otmdr.experiments.cli`)."""
 
 import sys
 
-from .cli import main
+from .experiments.cli import main
 
 sys.exit(main())

@@ -1,0 +1,269 @@
+"""Turn an ordinary ``torch.nn.Module`` classifier into a Bayesian Pyro model.
+
+:func:`bayesian` converts a network that maps inputs to logits into a
+:class:`~pyro.nn.PyroModule` ``model(x, y=None)`` that
+
+* puts an isotropic ``Normal(0, prior_scale)`` prior on the weights, one
+  :class:`~pyro.nn.PyroSample` site per tensor, named after the parameter
+  (``"net.0.weight"``, ``"net.layer1.0.conv1.weight"``, ...);
+* keeps normalisation layers (BatchNorm, LayerNorm, GroupNorm, ...)
+  deterministic: their affine parameters stay ordinary point parameters (Pyro
+  ``param`` sites of the same names) and their running statistics stay buffers;
+* observes the labels with ``Categorical(logits=...)`` inside
+  ``pyro.plate("data", size=num_data, subsample_size=len(x))``, so that the
+  log-likelihood of a minibatch (or of half a minibatch) is scaled to the full
+  data set.
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+import warnings
+from collections.abc import Callable
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, PyroSample
+from pyro.nn.module import to_pyro_module_
+from torch import nn
+
+__all__ = [
+    "NORM_LAYERS",
+    "BayesianClassifier",
+    "ParamFilter",
+    "bayesian",
+    "is_norm_layer",
+    "weights_not_norms",
+]
+
+#: Module types whose parameters stay deterministic by default.
+NORM_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*, lazy variants
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    nn.LocalResponseNorm,
+)
+
+#: ``filter(name, module) -> bool``: whether the parameter ``name`` (its dotted
+#: path inside the network, e.g. ``"layer1.0.conv1.weight"``) of ``module`` (the
+#: module that owns it) becomes a random variable.
+ParamFilter = Callable[[str, nn.Module], bool]
+
+
+def is_norm_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalisation layer (see :data:`NORM_LAYERS`)."""
+    return isinstance(module, NORM_LAYERS)
+
+
+def weights_not_norms(name: str, module: nn.Module) -> bool:
+    """The default :data:`ParamFilter`: every parameter except those of normalisation layers."""
+    return not is_norm_layer(module)
+
+
+class _NormalPrior:
+    """``Normal(0, root.prior_scale)`` over a tensor of ``shape``, on the root's device.
+
+    A callable (not a fixed distribution) so that the prior follows ``model.to(device)``
+    and ``model.double()`` through the root's ``prior_scale`` buffer.
+    """
+
+    def __init__(self, root: BayesianClassifier, shape: torch.Size) -> None:
+        self.root = root
+        self.shape = torch.Size(shape)
+
+    def __call__(self, module: nn.Module) -> dist.Distribution:
+        scale = self.root.prior_scale
+        loc = torch.zeros((), dtype=scale.dtype, device=scale.device)
+        return dist.Normal(loc, scale).expand(self.shape).to_event(len(self.shape))
+
+
+class BayesianClassifier(PyroModule):
+    """A Pyro model ``model(x, y=None) -> logits`` around a converted network.
+
+    Build it with :func:`bayesian`. Attributes: ``net`` (the converted network, a
+    :class:`~pyro.nn.PyroModule`), ``num_data`` (the size of the full training set,
+    used to scale minibatch likelihoods; may be changed), ``prior_scale`` (a 0-d
+    buffer), ``random_sites`` (names of the ``PyroSample`` sites) and
+    ``point_params`` (names of the parameters that stay point estimates).
+
+    Usage::
+
+        model = bayesian(net, num_data=len(train_x))
+        logits = model(x_batch, y_batch)   # samples weights from the prior, observes y
+    """
+
+    def __init__(self, net: nn.Module, num_data: int, prior_scale: float) -> None:
+        super().__init__()
+        self.net = net
+        self.num_data = num_data
+        self.register_buffer("prior_scale", torch.tensor(float(prior_scale)), persistent=False)
+        self.random_sites: list[str] = []
+        self.point_params: list[str] = []
+        self._initial_values: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the network (weights drawn once per call) and observe ``y``.
+
+        :param x: a batch of inputs, batch dimension first.
+        :param y: integer labels of shape ``(len(x),)``, or ``None`` to sample them.
+        :returns: the logits, shape ``(len(x), num_classes)``.
+        """
+        if y is not None and y.shape != x.shape[:1]:
+            raise ValueError(
+                f"y must hold one label per input: expected shape {tuple(x.shape[:1])}, "
+                f"got {tuple(y.shape)}"
+            )
+        logits = self.net(x)
+        batch = x.shape[0]
+        # A batch larger than the training set (say, a whole test set) is not rescaled.
+        size = max(self.num_data, batch)
+        with pyro.plate("data", size=size, subsample_size=batch, device=x.device):
+            pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
+        return logits
+
+    def initial_values(self) -> dict[str, torch.Tensor]:
+        """The network's weights at conversion time, as ``{site name: tensor}`` (fresh clones).
+
+        Useful to start a guide at the network's own initialisation instead of at
+        zero (``AutoNormal``'s default) or at prior draws (``AutoDelta``'s)::
+
+            guide = AutoNormal(model, init_loc_fn=init_to_value(values=model.initial_values()))
+        """
+        device, dtype = self.prior_scale.device, self.prior_scale.dtype
+        return {
+            name: value.detach().to(device=device, dtype=dtype).clone()
+            for name, value in self._initial_values.items()
+        }
+
+
+def bayesian(
+    net: nn.Module,
+    *,
+    num_data: int,
+    prior_scale: float = 1.0,
+    filter: ParamFilter | None = None,
+    inplace: bool = False,
+) -> BayesianClassifier:
+    """Turn a ``torch.nn.Module`` classifier (it returns logits) into a Bayesian Pyro model.
+
+    Each parameter selected by ``filter`` (by default every parameter outside
+    normalisation layers, see :func:`weights_not_norms`) becomes a
+    ``PyroSample(Normal(0, prior_scale).expand(shape).to_event(dim))`` site named
+    ``"net." + <its dotted name in net>``. The other parameters (by default the
+    affine weights of BatchNorm/LayerNorm/GroupNorm/...) stay ordinary point
+    parameters: they appear as Pyro ``param`` sites of the same names and are fitted
+    by SVI like the guide's parameters. Buffers (BatchNorm running statistics) are
+    left alone, so they keep updating in ``train()`` mode and are used in ``eval()``
+    mode.
+
+    The returned model is ``model(x, y=None) -> logits``; the labels are observed
+    by ``Categorical(logits=logits)`` in ``pyro.plate("data", size=num_data,
+    subsample_size=len(x))``, which scales a minibatch's log-likelihood by
+    ``num_data / len(x)``. It works with ``AutoNormal``, ``AutoDelta`` and other
+    autoguides, and with ``Trace_ELBO``/``TraceMeanField_ELBO`` SVI.
+
+    By default ``net`` is deep-copied and the copy converted, so the caller's
+    network is untouched (and BatchNorm statistics update in ``model.net``, not in
+    ``net``). With ``inplace=True`` the network itself is converted (its class
+    becomes a ``PyroModule`` subclass and its random parameters are removed).
+
+    Pyro keeps point parameters in a global param store keyed by name: clear it
+    (``pyro.clear_param_store()``) before training a second model with the same
+    site names, or the second model's norm parameters are shadowed by the first's.
+
+    :param net: a classifier mapping a batch of inputs to logits ``(batch, classes)``.
+    :param num_data: the number of training examples (the full data set, not a batch).
+    :param prior_scale: the prior standard deviation of every random weight.
+    :param filter: ``filter(name, module) -> bool`` choosing the random parameters.
+    :param inplace: convert ``net`` itself instead of a deep copy.
+    :returns: a :class:`BayesianClassifier`.
+
+    Usage::
+
+        import pyro
+        from pyro.infer import SVI, Trace_ELBO
+        from pyro.infer.autoguide import AutoNormal
+        from pyro_otmdr.bayesian import bayesian
+        from pyro_otmdr.models import build_model
+
+        pyro.clear_param_store()
+        model = bayesian(build_model("mlp", 10, in_features=64), num_data=len(x_train))
+        guide = AutoNormal(model)
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+        for xb, yb in batches:
+            svi.step(xb, yb)
+    """
+    filter = weights_not_norms if filter is None else filter
+    _check_arguments(net, num_data, prior_scale, filter)
+    if not inplace:
+        net = copy.deepcopy(net)
+    selected = _select_params(net, filter)
+    to_pyro_module_(net)
+    model = BayesianClassifier(net, num_data=int(num_data), prior_scale=prior_scale)
+    for name, module, attr, value in selected:
+        model._initial_values["net." + name] = value.detach().clone()
+        setattr(module, attr, PyroSample(_NormalPrior(model, value.shape)))
+    model.random_sites = ["net." + item[0] for item in selected]
+    model.point_params = ["net." + name for name, _ in net.named_parameters()]
+    _warn_on_param_store_clash(model.point_params)
+    return model
+
+
+def _check_arguments(net: nn.Module, num_data: int, prior_scale: float, filter: object) -> None:
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    if isinstance(num_data, bool) or not isinstance(num_data, numbers.Integral) or num_data < 1:
+        raise ValueError(
+            f"num_data must be a positive int (the size of the training set), got {num_data!r}"
+        )
+    if not isinstance(prior_scale, int | float) or not prior_scale > 0:
+        raise ValueError(f"prior_scale must be a positive float, got {prior_scale!r}")
+    if not callable(filter):
+        raise ValueError("filter must be a callable filter(name, module) -> bool")
+    for module in net.modules():
+        if isinstance(module, PyroModule) and module._pyro_samples:
+            raise ValueError(
+                "net already has PyroSample sites; pass a plain torch.nn.Module "
+                "(its weights become random here)"
+            )
+    for name, param in net.named_parameters():
+        if isinstance(param, nn.parameter.UninitializedParameter):
+            raise ValueError(
+                f"parameter {name!r} is uninitialised (a lazy module): run one forward "
+                "pass through net before calling bayesian()"
+            )
+
+
+def _select_params(
+    net: nn.Module, filter: ParamFilter
+) -> list[tuple[str, nn.Module, str, torch.Tensor]]:
+    """``(dotted name, owning module, attribute, value)`` of every parameter to randomise."""
+    seen: dict[int, str] = {}
+    selected = []
+    for module_name, module in net.named_modules():
+        for attr, value in module.named_parameters(recurse=False):
+            name = f"{module_name}.{attr}" if module_name else attr
+            if id(value) in seen:
+                raise ValueError(
+                    f"parameters {seen[id(value)]!r} and {name!r} are the same tensor (tied "
+                    "weights); untie them before calling bayesian()"
+                )
+            seen[id(value)] = name
+            if filter(name, module):
+                selected.append((name, module, attr, value))
+    return selected
+
+
+def _warn_on_param_store_clash(names: list[str]) -> None:
+    store = pyro.get_param_store()
+    clashes = [name for name in names if name in store]
+    if clashes:
+        warnings.warn(
+            f"Pyro's param store already holds {clashes[0]!r} (and {len(clashes) - 1} more "
+            "names of this model's point parameters); call pyro.clear_param_store() before "
+            "training this model, or its norm-layer parameters will not be fitted",
+            stacklevel=3,
+        )

@@ -1,0 +1,86 @@
+"""Calibration figures: a reliability diagram and ArviZ's categorical PAV plot (PNG, Agg).
+
+Usage::
+
+    plot_reliability(probs, labels, num_bins=15, path=Path("reliability.png"), dpi=80)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from . import metrics
+
+if TYPE_CHECKING:
+    from .result import EvaluationResult
+
+__all__ = ["plot_pava", "plot_reliability"]
+
+
+def plot_reliability(
+    probs: torch.Tensor, labels: torch.Tensor, num_bins: int, path: Path, dpi: int
+) -> None:
+    """Bars of accuracy per confidence bin, the diagonal, and the ECE in the title (Agg canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    probs64 = probs.double()
+    acc, conf, count = metrics.calibration_bins(probs64, labels, num_bins)
+    ece = float(metrics.ece(probs64, labels, num_bins))
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    width = 1.0 / num_bins
+    filled = count.numpy() > 0
+    fig = Figure(figsize=(4.5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    left = edges[:-1][filled]
+    acc_np, conf_np = acc.numpy()[filled], conf.numpy()[filled]
+    ax.bar(left, acc_np, width, align="edge", color="C0", edgecolor="black", label="accuracy")
+    gap = np.abs(acc_np - conf_np)
+    bottom = np.minimum(acc_np, conf_np)
+    hatch = {"fill": False, "hatch": "//", "edgecolor": "C3", "label": "gap to confidence"}
+    ax.bar(left, gap, width, bottom=bottom, align="edge", **hatch)
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy")
+    ax.set_title(f"Reliability diagram, ECE = {ece:.4f} ({num_bins} bins)")
+    ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+
+
+def plot_pava(result: EvaluationResult, path: Path, samples: int, seed: int, dpi: int) -> None:
+    """ArviZ's categorical PAV calibration plot of the mean predictive, saved as a PNG."""
+    import arviz as az
+    import matplotlib.pyplot as plt
+    from arviz_plots import plot_ppc_pava
+
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.multinomial(result.probs.double(), samples, replacement=True, generator=generator)
+    n, num_classes = result.probs.shape
+    tree = az.from_dict(
+        {
+            "posterior_predictive": {result.site: draws.T.numpy()[None]},
+            "observed_data": {result.site: result.labels.numpy()},
+        },
+        dims={result.site: ["obs_id"]},
+        coords={"obs_id": np.arange(n)},
+    )
+    cols = min(num_classes, 5)
+    rows = math.ceil(num_classes / cols)
+    figure_kwargs = {"figsize": (2.6 * cols, 2.3 * rows), "layout": "constrained"}
+    collection = plot_ppc_pava(
+        tree,
+        data_type="categorical",
+        backend="matplotlib",
+        col_wrap=cols,
+        figure_kwargs=figure_kwargs,
+    )
+    try:
+        collection.savefig(path, dpi=dpi)
+    finally:
+        plt.close(collection.get_viz("figure"))

@@ -1,0 +1,263 @@
+"""Posterior-predictive evaluation of Pyro classifiers: metrics, ArviZ export, calibration plots.
+
+:func:`evaluate` runs the model once per posterior draw over the test set, in chunks, on the
+model's device, and keeps only summaries: the mean predictive probabilities, the per-draw
+log-likelihood of every test point and one label sampled from every draw's predictive. The draws
+are those of :mod:`pyro_otmdr.bayes.replay`: the point of an ``AutoDelta``, every member of an
+ensemble, or ``num_samples`` draws of any other guide.
+
+Usage::
+
+    from pyro_otmdr.evaluation import evaluate
+
+    result = evaluate(model, guide, x_test, y_test, num_samples=32, x_val=x_val, y_val=y_val)
+    print(result.metrics)                      # accuracy, nll, brier, ece, auroc, *_ts
+    tree = result.to_datatree()                # ArviZ: az.loo(tree), az.summary(tree)
+    result.plot_calibration("calibration.png")  # + calibration_pava.png
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..bayes.replay import draw_kind, guide_device, latent_values, seeded_rng, site_log_probs
+from . import metrics
+from .result import EvaluationResult
+
+__all__ = ["EvaluationResult", "evaluate"]
+
+
+def _check_split(name: str, x: Any, y: Any | None) -> None:
+    """Raise ``ValueError`` unless ``x`` (and ``y``) are tensors of one non-zero length."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty tensor with examples on dim 0")
+    if y is None:
+        return
+    if not isinstance(y, torch.Tensor) or y.dim() != 1:
+        raise ValueError(f"labels for {name} must be a 1-D tensor, got {type(y).__name__}")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise ValueError(f"labels for {name} must be integers, got dtype {y.dtype}")
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{name} has {x.shape[0]} examples but its labels have {y.shape[0]}; pass one "
+            "label per example"
+        )
+    if bool((y < 0).any()):
+        raise ValueError(f"labels for {name} must be >= 0, got minimum {int(y.min())}")
+
+
+def _check_args(x, y, x_val, y_val, x_ood, num_samples, batch_size, num_bins, site) -> None:
+    _check_split("x", x, y)
+    if (x_val is None) != (y_val is None):
+        raise ValueError("pass x_val and y_val together (temperature scaling needs both)")
+    if x_val is not None:
+        _check_split("x_val", x_val, y_val)
+    if x_ood is not None:
+        _check_split("x_ood", x_ood, None)
+    counts = {"num_samples": num_samples, "batch_size": batch_size, "num_bins": num_bins}
+    for name, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if not isinstance(site, str) or not site:
+        raise ValueError(f"site must be the name of the observed sample site, got {site!r}")
+
+
+def _sample_labels(log_probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sample of one label per row, given one uniform number per row."""
+    cdf = log_probs.exp().cumsum(-1)
+    return (cdf < uniform.unsqueeze(-1)).sum(-1).clamp_max(log_probs.shape[-1] - 1)
+
+
+class _Accumulator:
+    """Running sums for one split: the probabilities, and with ``num_draws`` per-draw summaries.
+
+    The per-draw summaries (log-likelihood as float32, sampled label, accuracy) go straight into
+    preallocated CPU tensors, one row per draw. Labels, when given, are checked against the
+    number of classes of the model.
+    """
+
+    def __init__(self, x, y, device: torch.device, num_draws: int | None = None) -> None:
+        self.x, self.y, self.device = x, y, device
+        self.prob_sum: torch.Tensor | None = None
+        self.per_draw = num_draws is not None
+        if self.per_draw:
+            n = x.shape[0]
+            self.log_lik = torch.empty(num_draws, n)
+            self.samples = torch.empty(num_draws, n, dtype=torch.long)
+            self.draw_accuracy = torch.empty(num_draws, dtype=torch.float64)
+
+    def add_draw(self, index, model, latents, site, batch_size, uniform) -> None:
+        """Run draw ``index`` over every chunk of this split and fold it into the sums."""
+        n = self.x.shape[0]
+        if self.per_draw:
+            log_lik = torch.empty(n, device=self.device)
+            samples = torch.empty(n, dtype=torch.long, device=self.device)
+            correct = torch.zeros((), dtype=torch.long, device=self.device)
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            x = self.x[start:stop].to(self.device, non_blocking=True)
+            log_probs = site_log_probs(model, latents, x, site)
+            self._add_probs(start, stop, log_probs)
+            if self.y is not None:
+                y = self._labels(start, stop, log_probs.shape[-1])
+            if self.per_draw:
+                log_lik[start:stop] = log_probs.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+                samples[start:stop] = _sample_labels(log_probs, uniform[start:stop])
+                correct += (log_probs.argmax(-1) == y).sum()
+        if self.per_draw:
+            self.log_lik[index] = log_lik.cpu()
+            self.samples[index] = samples.cpu()
+            self.draw_accuracy[index] = correct.item() / n
+
+    def _add_probs(self, start: int, stop: int, log_probs: torch.Tensor) -> None:
+        if self.prob_sum is None:
+            shape = (self.x.shape[0], log_probs.shape[-1])
+            self.prob_sum = torch.zeros(shape, dtype=torch.float64, device=self.device)
+        elif self.prob_sum.shape[-1] != log_probs.shape[-1]:
+            raise ValueError("the number of classes changed between chunks or draws")
+        self.prob_sum[start:stop] += log_probs.exp()
+
+    def _labels(self, start: int, stop: int, num_classes: int) -> torch.Tensor:
+        y = self.y[start:stop].to(self.device, non_blocking=True).long()
+        if bool((y >= num_classes).any()):
+            raise ValueError(
+                f"labels must be < the number of classes ({num_classes}); got {int(y.max())}"
+            )
+        return y
+
+    def mean_probs(self) -> torch.Tensor:
+        """Mean predictive probabilities on the CPU, renormalised against rounding."""
+        return (self.prob_sum / self.prob_sum.sum(-1, keepdim=True)).cpu()
+
+
+def _run_draws(model, guide, splits, kind, num_draws, site, batch_size, device) -> None:
+    """Fold every posterior draw into the split accumulators, one draw at a time."""
+    base_seed = int(torch.randint(0, 2**62, ()).item())
+    test = splits["test"]
+    first = test.x[:batch_size].to(device, non_blocking=True)
+    for index in range(num_draws):
+        with seeded_rng(base_seed + index, device):
+            latents = latent_values(guide, kind, index, first)
+            uniform = torch.rand(test.x.shape[0], device=device)
+            for split in splits.values():
+                split.add_draw(index, model, latents, site, batch_size, uniform)
+
+
+def _safe_auroc(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """AUROC, or ``nan`` when only one class is present."""
+    if targets.all() or not targets.any():
+        return math.nan
+    return float(metrics.auroc(scores, targets))
+
+
+def _all_metrics(probs, labels, num_bins, *, val=None, ood_probs=None) -> dict[str, float]:
+    """All scalar metrics of the mean predictive (float64 on the CPU)."""
+    p = probs.double()
+    confidence, predicted = p.max(-1)
+    out = {
+        "accuracy": float(metrics.accuracy(p, labels)),
+        "nll": float(metrics.nll(p, labels)),
+        "brier": float(metrics.brier(p, labels)),
+        "ece": float(metrics.ece(p, labels, num_bins)),
+        "auroc": _safe_auroc(confidence, predicted == labels),
+    }
+    if ood_probs is not None:
+        ood_confidence = ood_probs.double().max(-1).values
+        scores = torch.cat([confidence, ood_confidence])
+        targets = torch.cat([torch.ones_like(confidence), torch.zeros_like(ood_confidence)])
+        out["auroc_ood"] = _safe_auroc(scores, targets.bool())
+    if val is not None:
+        val_probs, val_labels = val
+        tiny = torch.finfo(torch.float64).tiny
+        temperature = metrics.fit_temperature(val_probs.double().clamp_min(tiny).log(), val_labels)
+        scaled = metrics.apply_temperature(p.clamp_min(tiny).log(), temperature)
+        out["temperature"] = temperature
+        out["nll_ts"] = float(metrics.nll(scaled, labels))
+        out["brier_ts"] = float(metrics.brier(scaled, labels))
+        out["ece_ts"] = float(metrics.ece(scaled, labels, num_bins))
+    return out
+
+
+def evaluate(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    num_samples: int = 32,
+    batch_size: int = 1024,
+    device: str | torch.device | None = None,
+    x_val: torch.Tensor | None = None,
+    y_val: torch.Tensor | None = None,
+    x_ood: torch.Tensor | None = None,
+    site: str = "obs",
+    num_bins: int = 15,
+) -> EvaluationResult:
+    """Evaluate a Pyro classifier's posterior predictive on a test set.
+
+    ``model(x, y=None)`` must sample the site ``site`` from a ``Categorical`` (masks, plates and
+    ``Independent`` are unwrapped). For each draw the latents come from the guide (see the module
+    docstring); the model is then run as
+    ``poutine.trace(poutine.condition(model, data=latents)).get_trace(x_chunk)`` for every chunk
+    of ``batch_size`` test points, so all chunks of one draw share the same latents. Latent sites
+    must be global (not per example). Everything runs under ``torch.no_grad()`` on ``device``
+    (default: the device of the guide's parameters) and no parameter is changed; only the
+    summaries move to the CPU, so memory does not grow with ``num_samples``.
+
+    Each draw uses its own seeded RNG stream derived from the global torch RNG, so results depend
+    on ``pyro.set_rng_seed`` but not on ``batch_size``; the global RNG advances by one draw only.
+
+    :param model: the model, called as ``model(x_chunk)``.
+    :param guide: ``AutoDelta``, an ensemble guide, or any guide whose trace holds the latents.
+    :param x: test inputs, examples on dim 0.
+    :param y: integer test labels in ``[0, C)``.
+    :param num_samples: draws for guides that are neither ``AutoDelta`` nor an ensemble.
+    :param batch_size: test points per forward pass.
+    :param device: where to run; default the guide's device.
+    :param x_val: validation inputs for temperature scaling (with ``y_val``).
+    :param y_val: validation labels.
+    :param x_ood: out-of-distribution inputs; adds ``auroc_ood`` (max-probability score).
+    :param site: name of the observed categorical site.
+    :param num_bins: equal-width confidence bins of the ECE.
+    :raises ValueError: for mismatched lengths, labels out of range, a missing or non-categorical
+        site, ``num_samples < 1``, or ``x_val`` without ``y_val``.
+
+    Usage::
+
+        guide = AutoNormal(model)
+        ...  # train with SVI
+        result = evaluate(model, guide, x_test, y_test, num_samples=64, x_val=x_val, y_val=y_val)
+        result.metrics["nll_ts"]
+    """
+    _check_args(x, y, x_val, y_val, x_ood, num_samples, batch_size, num_bins, site)
+    device = guide_device(guide, device)
+    kind, num_draws = draw_kind(guide, num_samples)
+    splits = {"test": _Accumulator(x, y, device, num_draws)}
+    if x_val is not None:
+        splits["val"] = _Accumulator(x_val, y_val, device)
+    if x_ood is not None:
+        splits["ood"] = _Accumulator(x_ood, None, device)
+    with torch.no_grad():
+        _run_draws(model, guide, splits, kind, num_draws, site, batch_size, device)
+    probs = splits["test"].mean_probs()
+    labels = y.detach().cpu().long()
+    val = None
+    if x_val is not None:
+        val = (splits["val"].mean_probs(), y_val.detach().cpu().long())
+    ood_probs = splits["ood"].mean_probs() if x_ood is not None else None
+    test = splits["test"]
+    return EvaluationResult(
+        metrics=_all_metrics(probs, labels, num_bins, val=val, ood_probs=ood_probs),
+        probs=probs,
+        log_likelihood=test.log_lik,
+        labels=labels,
+        predictive_samples=test.samples,
+        draw_accuracy=test.draw_accuracy,
+        ood_probs=ood_probs,
+        site=site,
+        num_bins=num_bins,
+    )

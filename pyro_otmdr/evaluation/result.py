@@ -1,0 +1,136 @@
+"""The result of a posterior-predictive evaluation, and its ArviZ export.
+
+Usage::
+
+    result = evaluate(model, guide, x, y)
+    tree = result.to_datatree()                  # az.loo(tree), az.summary(tree)
+    result.plot_calibration("calibration.png")   # + calibration_pava.png
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .plots import plot_pava, plot_reliability
+
+__all__ = ["EvaluationResult"]
+
+
+@dataclass
+class EvaluationResult:
+    """Summaries of a posterior-predictive evaluation (all tensors on the CPU).
+
+    :ivar metrics: ``accuracy``, ``nll``, ``brier``, ``ece``, ``auroc``; ``auroc_ood`` when OOD
+        inputs were given; ``temperature``, ``nll_ts``, ``brier_ts``, ``ece_ts`` when a validation
+        split was given. Undefined values (e.g. AUROC with no error at all) are ``nan``.
+    :ivar probs: mean predictive probabilities, ``(n_test, C)``, float64.
+    :ivar log_likelihood: ``log p(y_i | x_i, theta_s)`` per draw and test point,
+        ``(n_draws, n_test)``.
+    :ivar labels: the test labels, ``(n_test,)``.
+    :ivar predictive_samples: one label sampled from each draw's predictive,
+        ``(n_draws, n_test)``.
+    :ivar draw_accuracy: test accuracy of each draw on its own, ``(n_draws,)``.
+    :ivar ood_probs: mean predictive probabilities of the OOD inputs, or ``None``.
+    :ivar site: name of the observed sample site.
+    :ivar num_bins: number of confidence bins of the ECE and the reliability diagram.
+
+    Usage::
+
+        result = evaluate(model, guide, x, y)
+        result.metrics["ece"], result.probs.shape, result.num_draws
+    """
+
+    metrics: dict[str, float]
+    probs: torch.Tensor
+    log_likelihood: torch.Tensor
+    labels: torch.Tensor
+    predictive_samples: torch.Tensor
+    draw_accuracy: torch.Tensor
+    ood_probs: torch.Tensor | None = None
+    site: str = "obs"
+    num_bins: int = 15
+
+    @property
+    def num_draws(self) -> int:
+        """Number of posterior draws (ensemble members, samples, or 1 for a point estimate)."""
+        return int(self.log_likelihood.shape[0])
+
+    def to_datatree(self, num_chains: int = 1):
+        """The evaluation as an ArviZ ``xarray.DataTree``.
+
+        Groups, with sample dims ``("chain", "draw")`` and the observation dim ``"obs_id"``:
+
+        * ``posterior_predictive``: variable ``site``, a label sampled from each draw's predictive;
+        * ``log_likelihood``: variable ``site``, the per-draw log-likelihood of each test point;
+        * ``observed_data``: variable ``site``, the test labels;
+        * ``posterior``: ``accuracy`` and ``nll`` of each draw on the test set. They are
+          functions of the parameters (derived quantities); the latent weights themselves are not
+          stored. ``az.loo`` needs this group to exist, ``ess``/``rhat``/``summary`` read it.
+
+        Draws of a guide are independent, so the default is one chain (``az.loo`` then uses a
+        relative efficiency of exactly 1). R-hat compares chains and is ``nan`` with one chain;
+        ``num_chains=k`` splits the draws into ``k`` chains of equal length if you want it anyway.
+        ``az.loo`` needs about 25 draws or more (its Pareto tail fit needs 5 tail draws).
+
+        Usage::
+
+            import arviz as az
+
+            tree = result.to_datatree()
+            az.loo(tree), az.summary(tree), az.ess(tree, group="posterior_predictive")
+        """
+        import arviz as az
+
+        if not isinstance(num_chains, int) or num_chains < 1 or self.num_draws % num_chains:
+            raise ValueError(
+                f"num_chains must be a positive int dividing the {self.num_draws} draws, "
+                f"got {num_chains!r}"
+            )
+        shape = (num_chains, self.num_draws // num_chains)
+        n = self.labels.shape[0]
+        draw_nll = -self.log_likelihood.mean(-1)
+        data = {
+            "posterior": {
+                "accuracy": self.draw_accuracy.double().numpy().reshape(shape),
+                "nll": draw_nll.double().numpy().reshape(shape),
+            },
+            "posterior_predictive": {self.site: self.predictive_samples.numpy().reshape(*shape, n)},
+            "log_likelihood": {self.site: self.log_likelihood.double().numpy().reshape(*shape, n)},
+            "observed_data": {self.site: self.labels.numpy()},
+        }
+        return az.from_dict(data, dims={self.site: ["obs_id"]}, coords={"obs_id": np.arange(n)})
+
+    def plot_calibration(
+        self, path: str | Path, *, pava_samples: int = 200, seed: int = 0, dpi: int = 80
+    ) -> list[Path]:
+        """Write a reliability diagram at ``path`` and ArviZ's PAV calibration plot beside it.
+
+        The reliability diagram shows the accuracy in each of ``num_bins`` equal-width confidence
+        bins against the diagonal, with the ECE in its title. The second PNG,
+        ``<stem>_pava.png``, is ``arviz_plots.plot_ppc_pava(..., data_type="categorical")``:
+        one one-vs-others PAV-adjusted calibration curve per class. ArviZ estimates the predicted
+        probability of a class as the fraction of posterior-predictive samples equal to it, so
+        for this plot ``pava_samples`` labels per test point are drawn from the mean predictive
+        (the same distribution as ``to_datatree()``'s one label per draw, with a resolution of
+        ``1/pava_samples`` instead of ``1/n_draws``; a point estimate works too).
+
+        :returns: the two written paths.
+
+        Usage::
+
+            paths = result.plot_calibration("figures/calibration.png")
+        """
+        if not isinstance(pava_samples, int) or pava_samples < 2:
+            raise ValueError(f"pava_samples must be an int >= 2, got {pava_samples!r}")
+        path = Path(path)
+        if path.suffix.lower() != ".png":
+            raise ValueError(f"path must end in .png, got {str(path)!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pava_path = path.with_name(f"{path.stem}_pava.png")
+        plot_reliability(self.probs, self.labels, self.num_bins, path, dpi)
+        plot_pava(self, pava_path, pava_samples, seed, dpi)
+        return [path, pava_path]

@@ -1,0 +1,33 @@
+"""The model-space method: OT-MDR and SAM.
+
+Bottom up:
+
+* :mod:`.core`: the pure tensor core (global norm, ascent move, noise, snapshot/restore);
+* :mod:`.batching`, :mod:`.perturbation`, :mod:`.running_stats`, :mod:`.reparam_noise`: the
+  random half batches, which parameters move, BatchNorm statistics once per step, kappa fixed
+  for the step;
+* :mod:`.step`: :class:`SharpnessAwareStep`, the Pyro-agnostic step engine;
+* two front ends on that one engine: :mod:`.elbo` (:class:`OTMDR` and :class:`SAM`, wrapper
+  ELBOs for an unchanged Pyro ``SVI``) and :mod:`.optim` (:class:`OTMDROptimizer` and
+  :class:`SAMOptimizer` for ``ELBOModule``/``nn.Module`` training), with :mod:`.distributed`
+  for DDP.
+
+It imports only :mod:`pyro_otmdr.bayes` (the ensemble guide, trained member by member).
+"""
+
+from .elbo import DEFAULT_NOISE_STD, OTMDR, SAM
+from .optim import OTMDROptimizer, SAMOptimizer
+from .perturbation import perturbed_by_default
+from .step import NonFiniteLossError, SharpnessAwareStep, StepInfo
+
+__all__ = [
+    "DEFAULT_NOISE_STD",
+    "OTMDR",
+    "SAM",
+    "NonFiniteLossError",
+    "OTMDROptimizer",
+    "SAMOptimizer",
+    "SharpnessAwareStep",
+    "StepInfo",
+    "perturbed_by_default",
+]

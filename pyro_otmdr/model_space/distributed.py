@@ -1,0 +1,81 @@
+"""Data-parallel OT-MDR with ``torch.distributed``: per-rank perturbation, averaged descent.
+
+With ``DistributedDataParallel`` every rank holds the same parameters and its own shard of each
+minibatch. An OT-MDR (or SAM) step then runs, on every rank:
+
+1. the ascent passes on halves of the *local* batch inside ``ddp_model.no_sync()`` (forward
+   included): each rank perturbs with its own local gradient, with no communication, as the
+   usual data-parallel SAM implementations do;
+2. the whole local batch's pass at the perturbed parameters outside ``no_sync``: DDP all-reduces
+   (averages) this descent gradient, so every rank steps with the same gradient and the
+   parameters stay identical.
+
+The perturbations therefore differ from rank to rank, and the result is the mean over ranks of
+per-rank OT-MDR gradients, not an OT-MDR gradient of the global batch. Give every rank a
+different ``seed`` (e.g. ``seed + rank``) so that splits and noise differ too.
+
+Usage::
+
+    ddp = DistributedDataParallel(model)
+    base = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    opt = OTMDROptimizer(ddp.named_parameters(), base, rho=0.05, seed=rank,
+                         no_sync=ddp.no_sync)
+    for x, y in local_batches:
+        opt.step(lambda x, y: F.cross_entropy(ddp(x), y), x, y)
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["all_reduce_mean_", "free_port", "is_distributed"]
+
+
+def is_distributed() -> bool:
+    """Whether a default process group is initialised.
+
+    Usage::
+
+        rank = dist.get_rank() if is_distributed() else 0
+    """
+    return dist.is_available() and dist.is_initialized()
+
+
+@torch.no_grad()
+def all_reduce_mean_(tensors: Sequence[torch.Tensor]) -> None:
+    """Average ``tensors`` over the ranks of the default process group, in place.
+
+    One flat all-reduce for all of them; nothing happens outside a process group.
+
+    Usage::
+
+        all_reduce_mean_([p.grad for p in model.parameters()])
+    """
+    if not tensors or not is_distributed():
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    torch._foreach_copy_(
+        list(tensors),
+        [
+            c.view_as(t)
+            for c, t in zip(flat.split([t.numel() for t in tensors]), tensors, strict=True)
+        ],
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` now, for ``MASTER_PORT``.
+
+    Usage::
+
+        os.environ["MASTER_PORT"] = str(free_port())
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,226 @@
+"""OT-MDR and SAM as a drop-in ``loss=`` for an unchanged :class:`pyro.infer.SVI`.
+
+One step, for a minibatch ``B`` and ``K`` particles (each with its own random split and noise):
+
+1. ``theta1 = theta + rho  * g1 / ||g1|| + eps1``, ``g1 = grad L_B1(theta)`` on a random half B1;
+2. ``theta2 = theta1 + rho2 * g2 / ||g2|| + eps2``, ``g2 = grad L_B2(theta1)`` on the other half;
+3. ``G_k = grad L_B(theta2)`` on the whole batch; then ``theta`` is restored from a saved copy.
+
+The parameters' ``.grad`` is left holding ``(1/K) sum_k G_k`` for the point estimates and means that
+are perturbed; parameters that are not perturbed (a Gaussian guide's scales) get the gradient of the
+whole batch at the unperturbed parameters. The guide's reparameterisation noise is fixed for the
+whole step. ``SVI`` then lets its optimiser step as usual.
+
+Usage::
+
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro_otmdr import OTMDR
+
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}),
+              loss=OTMDR(Trace_ELBO(), rho=0.05, n_particles=2))
+    for x, y in batches:
+        loss = svi.step(x, y)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import (
+    ELBO,
+    JitTrace_ELBO,
+    JitTraceEnum_ELBO,
+    JitTraceGraph_ELBO,
+    JitTraceMeanField_ELBO,
+)
+
+from ..bayes.ensemble import is_ensemble, sum_over_members
+from .batching import Batch, BatchSplitter, split_in_halves
+from .perturbation import PerturbRule, perturbed_by_default
+from .reparam_noise import FixedReparamNoise
+from .step import NonFiniteLossError, ParamGroups, SharpnessAwareStep, StepInfo
+
+__all__ = ["DEFAULT_NOISE_STD", "OTMDR", "SAM", "NonFiniteLossError", "StepInfo"]
+
+DEFAULT_NOISE_STD = 0.0
+"""Default standard deviation of the noise added after each ascent move (see the README)."""
+
+_JIT_ELBOS = (
+    JitTrace_ELBO,
+    JitTraceEnum_ELBO,
+    JitTraceGraph_ELBO,
+    JitTraceMeanField_ELBO,
+)
+
+
+class OTMDR(ELBO):
+    """Wrap a Pyro ELBO so that ``SVI.step`` takes an OT-MDR step.
+
+    :param elbo: the loss to make robust, any :class:`pyro.infer.ELBO` (``Trace_ELBO``,
+        ``TraceMeanField_ELBO``, ...). Its value at a perturbed model, with the guide's
+        reparameterisation noise fixed, is the ``L`` of every pass.
+    :param rho: radius of the first ascent move (paper: 0.05 CIFAR-10, 0.1 CIFAR-100, 0.005 BNN).
+    :param rho2: radius of the second ascent move; ``2 * rho`` when omitted, as in the paper.
+    :param n_particles: number of particles ``K`` whose gradients are averaged (the paper's
+        ablation found 2 best).
+    :param noise_std: standard deviation of the Gaussian noise added after each ascent move.
+    :param perturb: which parameters are moved, by param-store name; the default moves point
+        estimates and means and never scales (see :mod:`pyro_otmdr.model_space.perturbation`).
+    :param split_batch: ``split(args, kwargs, generator) -> (half1, half2)``; by default every
+        tensor argument with the batch's leading dimension is split with a fresh permutation.
+    :param seed: seeds the generator of the splits and the noise; drawn from torch's global
+        generator when omitted, so ``pyro.set_rng_seed`` before construction makes runs repeatable.
+    :param merge_grads: reproduce the authors' code (its ``merge_grad`` flag): the second move
+        goes along ``g1 + g2`` scaled by ``rho2 / ||g2||``. Off by default: the paper moves
+        along ``g2``.
+    """
+
+    def __init__(
+        self,
+        elbo: ELBO,
+        *,
+        rho: float,
+        rho2: float | None = None,
+        n_particles: int = 1,
+        noise_std: float = DEFAULT_NOISE_STD,
+        perturb: PerturbRule | None = None,
+        split_batch: BatchSplitter | None = None,
+        seed: int | None = None,
+        merge_grads: bool = False,
+    ) -> None:
+        engine = SharpnessAwareStep.otmdr(rho, rho2, n_particles, noise_std, seed, merge_grads)
+        self._init(elbo, engine, perturb)
+        self.split_batch = split_batch or split_in_halves
+
+    def _init(self, elbo: ELBO, engine: SharpnessAwareStep, perturb: PerturbRule | None) -> None:
+        if not isinstance(elbo, ELBO):
+            raise TypeError(
+                f"expected a pyro.infer.ELBO to wrap (e.g. Trace_ELBO()), got {type(elbo).__name__}"
+            )
+        if isinstance(elbo, _JIT_ELBOS):
+            raise TypeError(
+                f"{type(elbo).__name__} compiles the loss once for one batch shape and bakes the "
+                "guide's noise into the compiled graph, but a sharpness-aware step evaluates it on "
+                "half batches and the whole batch with noise fixed per step: wrap the non-jit "
+                f"version ({type(elbo).__name__.removeprefix('Jit')}) instead"
+            )
+        super().__init__()
+        self.elbo = elbo
+        self.engine = engine
+        self.perturb = perturb or perturbed_by_default
+        self.last_step: StepInfo | None = None
+
+    @property
+    def rho(self) -> float:
+        return self.engine.radii[0]
+
+    @property
+    def rho2(self) -> float | None:
+        return self.engine.radii[1] if len(self.engine.radii) > 1 else None
+
+    @property
+    def n_particles(self) -> int:
+        return self.engine.n_particles
+
+    @property
+    def noise_std(self) -> float:
+        return self.engine.noise_std
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The generator of the batch splits and the noise."""
+        return self.engine.generator
+
+    # -- the Pyro ELBO interface ---------------------------------------------------------------
+
+    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """The wrapped ELBO's loss at the current (unperturbed) parameters."""
+        return self.elbo.loss(model, guide, *args, **kwargs)
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
+        """The wrapped ELBO's differentiable loss at the current parameters."""
+        return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
+
+    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+        return self.elbo._get_trace(model, guide, args, kwargs)
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """Take the passes of one step; leave the descent gradient in ``.grad``.
+
+        Returns the mean over particles of the whole batch's loss at the perturbed models (the
+        robust objective); for an ensemble guide, the sum of that over its members, each taking
+        its own step. After any exception every parameter is restored bit for bit, running
+        statistics are as before the step and the gradients are zeroed.
+        """
+        if is_ensemble(guide):
+            return sum_over_members(guide, lambda: self._step(model, guide, args, kwargs))
+        return self._step(model, guide, args, kwargs)
+
+    def _step(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> float:
+        """One step for one point estimate or Gaussian guide (an ensemble member)."""
+        reparam_noise = FixedReparamNoise()
+        fixed_guide = reparam_noise(guide)
+        params = ParamGroups()
+
+        def evaluate(batch: Batch, label: str) -> float:
+            args, kwargs = batch
+            if not params.all:
+                with self._capture(params):
+                    return self.elbo.loss_and_grads(model, fixed_guide, *args, **kwargs)
+            with pyro.validation_enabled(False):  # the first pass validated the inputs
+                return self.elbo.loss_and_grads(model, fixed_guide, *args, **kwargs)
+
+        info = self.engine.run(evaluate, (args, kwargs), self._ascent_batches, params)
+        info.reparam_noise = reparam_noise.noise
+        self.last_step = info
+        return sum(info.losses) / len(info.losses)
+
+    def _ascent_batches(self, batch: Batch) -> Sequence[Batch]:
+        """The batches of the ascent moves of one particle: two random halves."""
+        args, kwargs = batch
+        return self.split_batch(args, kwargs, self.generator)
+
+    @contextmanager
+    def _capture(self, params: ParamGroups) -> Iterator[None]:
+        with poutine.trace(param_only=True) as capture:
+            yield
+        for site in capture.trace.nodes.values():
+            leaf = site["value"].unconstrained()
+            (params.perturbed if self.perturb(site["name"]) else params.fixed).append(leaf)
+        if not params.perturbed:
+            names = ", ".join(capture.trace.nodes) or "none"
+            raise ValueError(
+                f"{type(self).__name__} found no parameter to perturb (parameters: {names}); "
+                "check the perturb= rule"
+            )
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generators' states, to resume a run with the same splits and noise."""
+        return self.engine.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.engine.load_state_dict(state)
+
+
+class SAM(OTMDR):
+    """Sharpness-aware minimisation: one full-batch ascent move of radius ``rho``, no noise, one
+    particle, then the gradient at the perturbed point. Runs on the same core as :class:`OTMDR`.
+
+    Usage::
+
+        svi = SVI(model, guide, pyro.optim.SGD({"lr": 0.1}), loss=SAM(Trace_ELBO(), rho=0.05))
+    """
+
+    def __init__(self, elbo: ELBO, *, rho: float, perturb: PerturbRule | None = None) -> None:
+        self._init(elbo, SharpnessAwareStep.sam(rho), perturb)
+
+    def _ascent_batches(self, batch: Batch) -> Sequence[Batch]:
+        return [batch]
