@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from pyro.infer import SVI
+from tqdm.auto import tqdm
 
 __all__ = ["EpochStats", "fit", "shuffled_batches", "train"]
 
@@ -73,11 +74,14 @@ def _sync(batch: Sequence[torch.Tensor]) -> None:
             return
 
 
-def _run_epoch(svi: SVI, epoch: int, batches: Iterable[Sequence], first: bool) -> EpochStats:
+def _run_epoch(
+    svi: SVI, epoch: int, batches: Iterable[Sequence], first: bool, quiet: bool | None
+) -> EpochStats:
     start = time.perf_counter()
     losses: list[float] = []
     step_seconds, timed = 0.0, 0
-    for batch in batches:
+    bar = tqdm(batches, desc=f"epoch {epoch}", unit="step", leave=False, disable=quiet)
+    for batch in bar:
         if len(batch[0]) < 2:
             continue
         _sync(batch)
@@ -87,6 +91,7 @@ def _run_epoch(svi: SVI, epoch: int, batches: Iterable[Sequence], first: bool) -
         if not (first and len(losses) == 1):
             step_seconds += time.perf_counter() - tick
             timed += 1
+        bar.set_postfix(loss=f"{losses[-1]:.4g}")
     if not losses:
         raise ValueError("an epoch had no batch of at least 2 examples")
     mean = sum(losses) / len(losses)
@@ -102,6 +107,7 @@ def train(
     start_epoch: int = 0,
     scheduler=None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    progress: bool | None = None,
 ) -> list[EpochStats]:
     """Run ``epochs`` epochs of ``svi.step(*batch)`` over ``batches(epoch)``.
 
@@ -112,14 +118,18 @@ def train(
     :param on_epoch: called with each epoch's :class:`EpochStats`.
     :param start_epoch: the first epoch to run, to resume a run that stopped after
         ``start_epoch`` epochs.
+    :param progress: a progress bar over each epoch's steps, with the last step's loss;
+        default (``None``): only when stderr is a terminal, so logs stay readable.
     """
     if epochs < 1 or not 0 <= start_epoch <= epochs:
         raise ValueError(
             f"need epochs >= 1 and 0 <= start_epoch <= epochs, got {epochs}, {start_epoch}"
         )
     history = []
+    quiet = None if progress is None else not progress  # tqdm: None = off unless a terminal
     for epoch in range(start_epoch, epochs):
-        history.append(_run_epoch(svi, epoch, batches(epoch), first=epoch == start_epoch))
+        first = epoch == start_epoch
+        history.append(_run_epoch(svi, epoch, batches(epoch), first, quiet))
         if scheduler is not None:
             scheduler.step()
         if on_epoch is not None:

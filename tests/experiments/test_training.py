@@ -72,3 +72,13 @@ def test_fit_keeps_its_interface():
     assert [c[1] for c in calls] == losses and len(svi.batches) == 4
     with pytest.raises(ValueError, match="batch_size >= 2"):
         fit(svi, torch.arange(6.0), epochs=1, batch_size=1)
+
+
+def test_the_progress_bar_shows_steps_and_loss_on_request_and_is_off_in_logs(capsys):
+    x, y = torch.arange(8.0), torch.arange(8)
+    batches = lambda epoch: list(shuffled_batches(x, y, batch_size=4, seed=epoch))  # noqa: E731
+    train(FakeSVI(), batches, epochs=1, progress=True)
+    shown = capsys.readouterr().err
+    assert "epoch 0" in shown and "0/2" in shown and "loss=2" in shown
+    train(FakeSVI(), batches, epochs=1)  # stderr is not a terminal under pytest
+    assert capsys.readouterr().err == ""
