@@ -19,13 +19,21 @@ from . import metrics
 if TYPE_CHECKING:
     from .result import EvaluationResult
 
-__all__ = ["plot_pava", "plot_reliability"]
+__all__ = ["plot_pava", "plot_reliability", "reliability_figure"]
 
 
-def plot_reliability(
-    probs: torch.Tensor, labels: torch.Tensor, num_bins: int, path: Path, dpi: int
-) -> None:
-    """Bars of accuracy per confidence bin, the diagonal, and the ECE in the title (Agg canvas)."""
+def reliability_figure(probs: torch.Tensor, labels: torch.Tensor, num_bins: int):
+    """A reliability diagram over a histogram of how many points fall in each confidence bin.
+
+    Top: the accuracy in each of ``num_bins`` equal-width bins of the top-class probability, the
+    gap to the confidence hatched, the diagonal, and the ECE in the title. Bottom: the number of
+    points in each bin, so a wide gap over a nearly empty bin reads as what it is.
+
+    Usage::
+
+        fig = reliability_figure(result.probs, result.labels, num_bins=15)
+        fig.savefig("reliability.png")
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -35,9 +43,9 @@ def plot_reliability(
     edges = np.linspace(0.0, 1.0, num_bins + 1)
     width = 1.0 / num_bins
     filled = count.numpy() > 0
-    fig = Figure(figsize=(4.5, 4.5))
+    fig = Figure(figsize=(4.5, 6.0))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     left = edges[:-1][filled]
     acc_np, conf_np = acc.numpy()[filled], conf.numpy()[filled]
     ax.bar(left, acc_np, width, align="edge", color="C0", edgecolor="black", label="accuracy")
@@ -46,11 +54,20 @@ def plot_reliability(
     hatch = {"fill": False, "hatch": "//", "edgecolor": "C3", "label": "gap to confidence"}
     ax.bar(left, gap, width, bottom=bottom, align="edge", **hatch)
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
     ax.set_title(f"Reliability diagram, ECE = {ece:.4f} ({num_bins} bins)")
     ax.legend(loc="upper left", fontsize="small")
+    hist.bar(edges[:-1], count.numpy(), width, align="edge", color="0.6", edgecolor="black")
+    hist.set(xlim=(0, 1), xlabel="confidence (max probability)", ylabel="points")
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    return fig
+
+
+def plot_reliability(
+    probs: torch.Tensor, labels: torch.Tensor, num_bins: int, path: Path, dpi: int
+) -> None:
+    """Save :func:`reliability_figure` as a PNG at ``path``."""
+    reliability_figure(probs, labels, num_bins).savefig(path, dpi=dpi)
 
 
 def plot_pava(result: EvaluationResult, path: Path, samples: int, seed: int, dpi: int) -> None:

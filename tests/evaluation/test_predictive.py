@@ -436,3 +436,16 @@ def test_device_copy_matches_cpu(device, digits, delta_fit, normal_fit):
         moved = evaluate(model, guide, x, y, num_samples=64, device=device)
     assert moved.metrics["accuracy"] == pytest.approx(reference.metrics["accuracy"], abs=0.03)
     assert moved.metrics["nll"] == pytest.approx(reference.metrics["nll"], rel=0.1)
+
+
+def test_the_reliability_diagram_counts_the_points_of_each_bin(normal_result):
+    from pyro_otmdr.evaluation import metrics
+    from pyro_otmdr.evaluation.plots import reliability_figure
+
+    r = normal_result
+    fig = reliability_figure(r.probs, r.labels, r.num_bins)
+    diagram, histogram = fig.axes
+    heights = [patch.get_height() for patch in histogram.patches]
+    _, _, count = metrics.calibration_bins(r.probs.double(), r.labels, r.num_bins)
+    assert heights == count.tolist() and sum(heights) == len(r.labels)
+    assert histogram.get_ylabel() == "points" and "ECE" in diagram.get_title()
