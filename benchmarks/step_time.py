@@ -1,14 +1,18 @@
 """Median milliseconds per training step of plain SVI, SAM and OT-MDR, measured side by side.
 
-For each guide (AutoDelta, AutoNormal, AutoDeltaEnsemble of M members) one MLP BNN on
-digits-shaped data is trained by every method in turn, round after round (interleaved, so the
-machine's load falls on all methods alike); the script prints the median ms/step of each, the
-ratios to SAM and plain SVI, and for the ensemble the ratio to M AutoDelta steps of that method.
+For each network (an MLP BNN on digits-shaped vectors, and the project's ``cnn`` made Bayesian
+with :func:`pyro_otmdr.bayes.bayesian` on digits-shaped images) and each guide (AutoDelta,
+AutoNormal, AutoDeltaEnsemble of M members), every method trains the same model in turn, round
+after round (interleaved, so the machine's load falls on all methods alike). The script prints the
+median ms/step of each and the ratios OT-MDR(K=1)/SAM, SAM/SVI and K=2/K=1. For AutoNormal it also
+times OT-MDR(K=1) with the scales' gradient from a whole-batch pass (``k1 whole``, forced by a
+custom ``split_batch``), the way every step paid for it before the half-batch identity.
 
 Usage::
 
-    python benchmarks/step_time.py                 # defaults: 64-512-512-10 MLP, batch 128
-    python benchmarks/step_time.py --hidden 128 --rounds 5 --device cuda
+    python benchmarks/step_time.py                         # MLP and CNN, about 5 min on 2 cores
+    python benchmarks/step_time.py --models mlp --guides delta normal --rounds 3 --threads 1
+    python benchmarks/step_time.py --cnn-size 32 --cnn-channels 3 --device cuda
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.nn import PyroModule, PyroSample
 
 from pyro_otmdr import OTMDR, SAM, AutoDeltaEnsemble, EnsembleELBO
+from pyro_otmdr.bayes import bayesian
+from pyro_otmdr.experiments.models import build_model
+from pyro_otmdr.model_space.batching import split_in_halves
+
+NUM_DATA = 4096
 
 
 class MLPBNN(PyroModule):
@@ -52,13 +61,35 @@ class MLPBNN(PyroModule):
         return logits
 
 
-def methods(rho: float, ensemble: bool) -> dict[str, Callable[[], pyro.infer.ELBO]]:
-    return {
-        "svi": (lambda: EnsembleELBO(Trace_ELBO())) if ensemble else Trace_ELBO,
+def network(name: str, args: argparse.Namespace) -> tuple[Callable, tuple[int, ...], int]:
+    """The model, the shape of one input and the batch size."""
+    if name == "mlp":
+        sizes = [64, *[args.hidden] * args.layers, 10]
+        return MLPBNN(sizes, NUM_DATA), (64,), args.batch
+    channels = args.cnn_channels
+    net = build_model("cnn", num_classes=10, in_channels=channels)
+    return (
+        bayesian(net, num_data=NUM_DATA),
+        (channels, args.cnn_size, args.cnn_size),
+        args.cnn_batch,
+    )
+
+
+def whole_batch_split(args: tuple, kwargs: dict, generator: torch.Generator):
+    """The default random halves, but not *the* default: the scales take a whole-batch pass."""
+    return split_in_halves(args, kwargs, generator)
+
+
+def methods(rho: float, guide: str) -> dict[str, Callable[[], pyro.infer.ELBO]]:
+    found = {
+        "svi": (lambda: EnsembleELBO(Trace_ELBO())) if guide == "ensemble" else Trace_ELBO,
         "sam": lambda: SAM(Trace_ELBO(), rho=rho),
-        "otmdr_k1": lambda: OTMDR(Trace_ELBO(), rho=rho, n_particles=1),
-        "otmdr_k2": lambda: OTMDR(Trace_ELBO(), rho=rho, n_particles=2),
+        "k1": lambda: OTMDR(Trace_ELBO(), rho=rho, n_particles=1),
+        "k2": lambda: OTMDR(Trace_ELBO(), rho=rho, n_particles=2),
     }
+    if guide == "normal":
+        found["k1 whole"] = lambda: OTMDR(Trace_ELBO(), rho=rho, split_batch=whole_batch_split)
+    return found
 
 
 def time_steps(svi: SVI, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int) -> float:
@@ -74,61 +105,80 @@ def time_steps(svi: SVI, x: torch.Tensor, y: torch.Tensor, steps: int, batch: in
     return 1e3 * (time.perf_counter() - start) / steps
 
 
-def bench_guide(make_guide: Callable, args: argparse.Namespace) -> dict[str, float]:
+def bench(model_name: str, guide_name: str, args: argparse.Namespace) -> dict[str, float]:
+    """Median ms/step of every method for one network and guide, interleaved."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     device = torch.device(args.device)
-    num_data = 4096
-    x = torch.randn(num_data, 64, device=device)
-    y = torch.randint(0, 10, (num_data,), device=device)
-    model = MLPBNN([64, *[args.hidden] * args.layers, 10], num_data).to(device)
-    guide = make_guide(model)
+    model, shape, batch = network(model_name, args)
+    model = model.to(device)
+    x = torch.rand(NUM_DATA, *shape, device=device)
+    y = torch.randint(0, 10, (NUM_DATA,), device=device)
+    guides = {
+        "delta": AutoDelta,
+        "normal": AutoNormal,
+        "ensemble": lambda m: AutoDeltaEnsemble(m, num_members=args.members),
+    }
+    guide = guides[guide_name](model)
     runners = {
         name: SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=make())
-        for name, make in methods(args.rho, isinstance(guide, AutoDeltaEnsemble)).items()
+        for name, make in methods(args.rho, guide_name).items()
     }
     for svi in runners.values():  # warm-up: guide set-up, allocator, caches
-        time_steps(svi, x, y, 3, args.batch)
+        time_steps(svi, x, y, 2, batch)
     samples: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(args.rounds):
         for name, svi in runners.items():
-            samples[name].append(time_steps(svi, x, y, args.steps, args.batch))
+            samples[name].append(time_steps(svi, x, y, args.steps, batch))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
+    parser.add_argument(
+        "--guides", nargs="+", default=["delta", "normal", "ensemble"],
+        choices=["delta", "normal", "ensemble"],
+    )  # fmt: skip
+    parser.add_argument("--hidden", type=int, default=512, help="MLP width")
+    parser.add_argument("--layers", type=int, default=2, help="MLP hidden layers")
+    parser.add_argument("--batch", type=int, default=128, help="MLP batch size")
+    parser.add_argument("--cnn-batch", type=int, default=256)
+    parser.add_argument("--cnn-size", type=int, default=8, help="image side (8: digits)")
+    parser.add_argument("--cnn-channels", type=int, default=1, help="image channels")
     parser.add_argument("--rho", type=float, default=0.05)
-    parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved blocks per method")
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved blocks per method")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--members", type=int, default=3, help="AutoDeltaEnsemble size")
-    args = parser.parse_args()
+    parser.add_argument("--threads", type=int, help="torch threads (1 is steadier on a busy CPU)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mlp = f"MLP 64-{'-'.join([str(args.hidden)] * args.layers)}-10 at batch {args.batch}"
+    image = f"{args.cnn_channels}x{args.cnn_size}x{args.cnn_size}"
     print(
-        f"MLP BNN 64-{'-'.join([str(args.hidden)] * args.layers)}-10, batch {args.batch}, "
-        f"device {args.device}, torch {torch.__version__}, pyro {pyro.__version__}, "
-        f"threads {torch.get_num_threads()}; median of {args.rounds} blocks of {args.steps} steps"
+        f"{mlp}; cnn on {image} at batch {args.cnn_batch}; device {args.device}, "
+        f"torch {torch.__version__}, pyro {pyro.__version__}, threads {torch.get_num_threads()}; "
+        f"median of {args.rounds} blocks of {args.steps} steps"
     )
-    m = args.members
-    guides = {
-        "AutoDelta": AutoDelta,
-        "AutoNormal": AutoNormal,
-        f"Ensemble{m}": lambda model: AutoDeltaEnsemble(model, num_members=m),
-    }
-    print(f"{'guide':<11}{'method':<10}{'ms/step':>9}{'/ SAM':>8}{'/ SVI':>8}{'/ M x Delta':>12}")
-    delta: dict[str, float] = {}
-    for label, make_guide in guides.items():
-        times = bench_guide(make_guide, args)
-        delta = delta or times
-        for name, ms in times.items():
-            per_member = f"{ms / (m * delta[name]):>12.2f}" if label.startswith("Ens") else ""
-            print(
-                f"{label:<11}{name:<10}{ms:>9.2f}"
-                f"{ms / times['sam']:>8.2f}{ms / times['svi']:>8.2f}{per_member}"
-            )
+    names = ["svi", "sam", "k1", "k2", "k1 whole"]
+    header = "".join(f"{n:>9}" for n in names)
+    print(f"{'model':<5} {'guide':<9}{header}   k1/SAM  SAM/SVI    k2/k1  whole/SAM")
+    for model_name, guide_name in itertools.product(args.models, args.guides):
+        ms = bench(model_name, guide_name, args)
+        cells = "".join(f"{ms[n]:>9.1f}" if n in ms else f"{'':>9}" for n in names)
+        whole = f"{ms['k1 whole'] / ms['sam']:>11.2f}" if "k1 whole" in ms else ""
+        print(
+            f"{model_name:<5} {guide_name:<9}{cells}"
+            f"{ms['k1'] / ms['sam']:>9.2f}{ms['sam'] / ms['svi']:>9.2f}{ms['k2'] / ms['k1']:>9.2f}"
+            f"{whole}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

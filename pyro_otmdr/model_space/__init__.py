@@ -5,7 +5,8 @@ Bottom up:
 * :mod:`.core`: the pure tensor core (global norm, ascent move, noise, snapshot/restore);
 * :mod:`.batching`, :mod:`.perturbation`, :mod:`.running_stats`, :mod:`.reparam_noise`: the
   random half batches, which parameters move, BatchNorm statistics once per step, kappa fixed
-  for the step;
+  for the step; :mod:`.subsampling`: whether a Pyro loss is plate-scaled, so that two halves
+  average to the whole batch;
 * :mod:`.step`: :class:`SharpnessAwareStep`, the Pyro-agnostic step engine;
 * two front ends on that one engine: :mod:`.elbo` (:class:`OTMDR` and :class:`SAM`, wrapper
   ELBOs for an unchanged Pyro ``SVI``) and :mod:`.optim` (:class:`OTMDROptimizer` and

@@ -8,8 +8,10 @@ One step, for a minibatch ``B`` and ``K`` particles (each with its own random sp
 
 The parameters' ``.grad`` is left holding ``(1/K) sum_k G_k`` for the point estimates and means that
 are perturbed; parameters that are not perturbed (a Gaussian guide's scales) get the gradient of the
-whole batch at the unperturbed parameters. The guide's reparameterisation noise is fixed for the
-whole step. ``SVI`` then lets its optimiser step as usual.
+whole batch at the unperturbed parameters: from the first particle's two halves there when the
+model's likelihood is in a subsampling plate (half a pass), else from a whole-batch pass. The
+guide's reparameterisation noise is fixed for the whole step. ``SVI`` then lets its optimiser step
+as usual.
 
 Usage::
 
@@ -40,10 +42,11 @@ from pyro.infer import (
 )
 
 from ..bayes.ensemble import is_ensemble, sum_over_members
-from .batching import Batch, BatchSplitter, split_in_halves
+from .batching import Batch, BatchSplitter, batch_size_of, split_in_halves
 from .perturbation import PerturbRule, perturbed_by_default
 from .reparam_noise import FixedReparamNoise
 from .step import NonFiniteLossError, ParamGroups, SharpnessAwareStep, StepInfo
+from .subsampling import PlateScaling
 
 __all__ = ["DEFAULT_NOISE_STD", "OTMDR", "SAM", "NonFiniteLossError", "StepInfo"]
 
@@ -73,6 +76,8 @@ class OTMDR(ELBO):
         estimates and means and never scales (see :mod:`pyro_otmdr.model_space.perturbation`).
     :param split_batch: ``split(args, kwargs, generator) -> (half1, half2)``; by default every
         tensor argument with the batch's leading dimension is split with a fresh permutation.
+        With a custom split, parameters that are not perturbed take a whole-batch pass (the
+        halves are not known to partition the batch).
     :param seed: seeds the generator of the splits and the noise; drawn from torch's global
         generator when omitted, so ``pyro.set_rng_seed`` before construction makes runs repeatable.
     :param merge_grads: reproduce the authors' code (its ``merge_grad`` flag): the second move
@@ -166,16 +171,27 @@ class OTMDR(ELBO):
         reparam_noise = FixedReparamNoise()
         fixed_guide = reparam_noise(guide)
         params = ParamGroups()
+        scaling: list[PlateScaling] = []
 
         def evaluate(batch: Batch, label: str) -> float:
             args, kwargs = batch
-            if not params.all:
-                with self._capture(params):
+            if not params.all:  # the first pass: capture the parameters, validate, watch plates
+                scaling.append(PlateScaling(batch_size_of(args, kwargs)))
+                with self._capture(params), scaling[0]:
                     return self.elbo.loss_and_grads(model, fixed_guide, *args, **kwargs)
             with pyro.validation_enabled(False):  # the first pass validated the inputs
                 return self.elbo.loss_and_grads(model, fixed_guide, *args, **kwargs)
 
-        info = self.engine.run(evaluate, (args, kwargs), self._ascent_batches, params)
+        def mean_over_examples() -> bool:
+            return self.split_batch is split_in_halves and scaling[0].holds
+
+        info = self.engine.run(
+            evaluate,
+            (args, kwargs),
+            self._ascent_batches,
+            params,
+            mean_over_examples=mean_over_examples,
+        )
         info.reparam_noise = reparam_noise.noise
         self.last_step = info
         return sum(info.losses) / len(info.losses)

@@ -29,21 +29,21 @@ Usage::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .batching import Batch, BatchSplitter, split_in_halves
+from .batching import Batch, BatchSplitter, batch_size_of, split_in_halves
 from .core import global_norm
 from .elbo import DEFAULT_NOISE_STD
 from .perturbation import PerturbRule, perturbed_by_default
 from .reparam_noise import FixedReparamNoise
 from .step import ParamGroups, SharpnessAwareStep, StepInfo, grads_of
+from .subsampling import PlateScaling
 
 __all__ = ["LossClosure", "OTMDROptimizer", "SAMOptimizer"]
 
@@ -192,14 +192,16 @@ class OTMDROptimizer(torch.optim.Optimizer):
         params = ParamGroups(self._trainable(self._perturbed), self._trainable(self._fixed))
         for p in params.all:
             p.grad = None
+        scaling: list[PlateScaling] = []  # the first pass's, when the batch is split in halves
         try:
             with FixedReparamNoise():  # a Pyro guide's noise is fixed for the step
                 info = self.engine.run(
-                    self._evaluator(closure),
+                    self._evaluator(closure, scaling),
                     (args, kwargs),
                     self._ascent_batches,
                     params,
                     ascent_context=self._no_sync,
+                    mean_over_examples=lambda: bool(scaling) and scaling[0].holds,
                 )
         except _GradientOverflow:
             self._back_off()
@@ -255,23 +257,33 @@ class OTMDROptimizer(torch.optim.Optimizer):
         args, kwargs = batch
         return self.split_batch(args, kwargs, self.generator)
 
-    def _evaluator(self, closure: LossClosure):
+    def _splits_in_halves(self) -> bool:
+        return getattr(self, "split_batch", None) is split_in_halves
+
+    def _evaluator(self, closure: LossClosure, scaling: list[PlateScaling]):
+        """One pass: the closure's loss, backpropagated. With the default split, the first pass
+        appends to ``scaling`` what it saw of Pyro's plates (for an ``ELBOModule`` closure)."""
         scaler = self.grad_scaler
         if scaler is not None and not scaler.is_enabled():
             scaler = None
+        watching = self._splits_in_halves()
 
-        def evaluate(batch: Batch, label: str) -> float:
+        def evaluate(batch: Batch, label: str) -> torch.Tensor:
             args, kwargs = batch
-            with torch.enable_grad():
+            watch = nullcontext()
+            if watching and not scaling:  # the first pass
+                watch = PlateScaling(batch_size_of(args, kwargs))
+                scaling.append(watch)
+            with torch.enable_grad(), watch:
                 loss = closure(*args, **kwargs)
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise TypeError(f"{label}: the closure must return a scalar loss tensor")
-            value = loss.item()
-            if math.isfinite(value):
-                (loss if scaler is None else scaler.scale(loss)).backward()
-                if scaler is not None:  # a scaled fp16 backward may overflow
-                    self._check_finite_grads(label)
-            return value
+            if scaler is None:
+                loss.backward()
+            elif torch.isfinite(loss).item():  # fp16 syncs anyway: tell a NaN loss from overflow
+                scaler.scale(loss).backward()
+                self._check_finite_grads(label)  # a scaled fp16 backward may overflow
+            return loss.detach()
 
         return evaluate
 

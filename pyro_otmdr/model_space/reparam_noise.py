@@ -4,8 +4,10 @@ For each reparameterised Gaussian sample site of the guide, standard-normal nois
 the first time the site is seen (from torch's global generator, as Pyro itself samples, so
 ``pyro.set_rng_seed`` governs it) and reused by every later pass under the same handler: the value
 is ``loc + scale * kappa`` (``loc + scale_tril @ kappa`` for a multivariate normal), so gradients
-still flow to ``loc`` and ``scale``. Sites whose value is already given (observed, replayed) and
-point masses are left alone; other reparameterised distributions are refused with a clear error.
+still flow to ``loc`` and ``scale``. Sites whose value is already given (observed, replayed) are
+left alone; a point mass samples its value and returns its log-density there without computing
+it entry by entry (it is ``log 1``); other reparameterised distributions are refused with a clear
+error.
 
 Usage::
 
@@ -36,6 +38,10 @@ class FixedReparamNoise(Messenger):
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] or msg["value"] is not None:
+            return
+        if type(msg["fn"]) is dist.Delta:
+            msg["fn"] = _SelfDelta(msg["fn"])
+            msg["value"] = msg["fn"].sample_value
             return
         value = self._value(msg["name"], msg["fn"])
         if value is not None:
@@ -76,3 +82,22 @@ class FixedReparamNoise(Messenger):
                 "the batch"
             )
         return kappa
+
+
+class _SelfDelta(dist.Delta):
+    """A point mass that knows its log-density at its own sample: ``log 1 + log_density``.
+
+    Pyro's ``Delta.log_prob`` compares, casts and takes the log of every entry at every pass
+    (a constant zero with no gradient for an ``AutoDelta``); this returns the same value for
+    the sample it drew, and defers to ``Delta`` for any other value.
+    """
+
+    def __init__(self, delta: dist.Delta) -> None:
+        super().__init__(delta.v, delta.log_density, event_dim=delta.event_dim)
+        self.sample_value = delta.rsample()
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        if x is not self.sample_value:
+            return super().log_prob(x)
+        zeros = torch.zeros(self.batch_shape, dtype=x.dtype, device=x.device)
+        return zeros + self.log_density

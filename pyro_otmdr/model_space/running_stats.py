@@ -21,7 +21,7 @@ from types import TracebackType
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
 __all__ = ["RunningStatsGuard"]
 
@@ -35,6 +35,9 @@ class RunningStatsGuard:
     def __init__(self) -> None:
         self._saved: dict[nn.Module, dict[str, torch.Tensor]] = {}
         self._handle: torch.utils.hooks.RemovableHandle | None = None
+        self.saw_batch_stats = False
+        """Whether a batch-norm layer normalised with the batch's own statistics: then a
+        batch's loss is no per-example mean and halves do not average to the whole."""
 
     def __enter__(self) -> RunningStatsGuard:
         self._handle = nn.modules.module.register_module_forward_pre_hook(self._on_forward)
@@ -61,6 +64,8 @@ class RunningStatsGuard:
                 value.copy_(getattr(module, name))
 
     def _on_forward(self, module: nn.Module, inputs: object) -> None:
+        if isinstance(module, _BatchNorm) and (module.training or not module.track_running_stats):
+            self.saw_batch_stats = True
         if module in self._saved or not _tracks_stats(module):
             return
         self._saved[module] = {

@@ -9,7 +9,14 @@ is evaluated at the current point and the perturbed parameters move by
 ``radius * g / ||g||`` plus optional Gaussian noise; then the whole batch is evaluated and its
 gradient kept; then the parameters are restored from the saved copy. ``.grad`` ends holding the
 mean of the particle gradients for the perturbed parameters, and the whole batch's gradient at
-the unperturbed point for the others.
+the unperturbed point for the others. That last gradient comes, in order of preference, from
+SAM's own ascent pass on the whole batch; from the first particle's two halves at the
+unperturbed point when the front end says the loss is a per-example mean (Pyro's plate idiom:
+the first half is already there, the second half costs half a pass); else from one more pass on
+the whole batch.
+
+Losses stay as the passes return them (tensors on their device) until the step ends; they are
+checked for NaN and infinity there, with one device synchronisation per step.
 
 Usage::
 
@@ -20,6 +27,7 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -28,17 +36,30 @@ from typing import Any
 
 import torch
 
-from .batching import Batch
+from .batching import Batch, batch_size_of
 from .core import add_gaussian_noise_, ascend_, restore_, snapshot
 from .running_stats import RunningStatsGuard
 
-__all__ = ["NonFiniteLossError", "ParamGroups", "SharpnessAwareStep", "StepInfo"]
+__all__ = [
+    "MeanOverExamples",
+    "NonFiniteLossError",
+    "ParamGroups",
+    "SharpnessAwareStep",
+    "StepInfo",
+    "finite_losses",
+]
 
-Evaluate = Callable[[Batch, str], float]
-"""``evaluate(batch, label) -> loss``: one pass that backpropagates into ``.grad``."""
+Evaluate = Callable[[Batch, str], "torch.Tensor | float"]
+"""``evaluate(batch, label) -> loss``: one pass that backpropagates into ``.grad``; the loss may
+stay a tensor on its device (it is checked once, when the step ends)."""
 
 AscentContext = Callable[[], AbstractContextManager]
 """``ascent_context()``: entered around each ascent pass (e.g. DDP's ``no_sync``)."""
+
+MeanOverExamples = Callable[[], bool]
+"""``mean_over_examples()``: asked after the first pass, whether each pass's loss is
+``G(theta) + c / |b| * sum_{i in b} l_i(theta)`` (the plate idiom) and the ascent batches are
+the two halves of the whole batch, so that its gradient is their size-weighted mean."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -81,11 +102,14 @@ class _State:
     evaluate: Evaluate
     batch: Batch
     params: ParamGroups
-    ascent_context: AscentContext = nullcontext
+    ascent_context: AscentContext | None = None
     saved: list[torch.Tensor] | None = None
     accumulated: list[torch.Tensor] | None = None
     center_grads: list[torch.Tensor] | None = None
+    halves: Sequence[Batch] = ()
+    first_half_grads: list[torch.Tensor] | None = None
     ascent_norms: list[torch.Tensor] = field(default_factory=list)
+    passes: list[tuple[str, torch.Tensor | float]] = field(default_factory=list)
 
 
 class SharpnessAwareStep:
@@ -151,6 +175,7 @@ class SharpnessAwareStep:
         params: ParamGroups,
         *,
         ascent_context: AscentContext | None = None,
+        mean_over_examples: MeanOverExamples | None = None,
     ) -> StepInfo:
         """Take one step; leave the descent gradient in ``.grad`` and return what it saw.
 
@@ -161,23 +186,31 @@ class SharpnessAwareStep:
 
         ``ascent_context()``, when given, is entered around each ascent pass (forward and
         backward): DDP's ``no_sync`` there makes every rank perturb with its local gradient.
+        ``mean_over_examples()``, when given and true after the first pass, lets the
+        parameters that are not perturbed take the whole batch's gradient at the unperturbed
+        point from the first particle's two halves (half a pass instead of a whole one).
         """
-        state = _State(evaluate, batch, params, ascent_context or nullcontext)
+        state = _State(evaluate, batch, params, ascent_context)
         try:
             with RunningStatsGuard() as running_stats:
-                losses = [
+                last = [
                     self._particle(state, k, ascent_batches, running_stats)
                     for k in range(self.n_particles)
                 ]
                 if params.fixed:
-                    self._gradient_at_center(state)
-        except BaseException:
+                    self._gradient_at_center(
+                        state, self._halves_suffice(state, running_stats, mean_over_examples)
+                    )
+            values = finite_losses(state.passes)
+        except BaseException as error:
             zero_grads_(params.all)
+            if isinstance(error, Exception) and not isinstance(error, NonFiniteLossError):
+                finite_losses(state.passes, cause=error)  # an earlier NaN explains the error
             raise
         finally:
             if state.saved is not None:
                 restore_(params.perturbed, state.saved)
-        return StepInfo(losses, state.ascent_norms)
+        return StepInfo([values[i] for i in last], state.ascent_norms)
 
     def _particle(
         self,
@@ -185,40 +218,57 @@ class SharpnessAwareStep:
         k: int,
         ascent_batches: Callable[[Batch], Sequence[Batch]],
         running_stats: RunningStatsGuard,
-    ) -> float:
-        """Move particle ``k`` by the ascent steps, add its gradient, restore; return its loss."""
+    ) -> int:
+        """Move particle ``k``, add its gradient, restore; return the index of its last pass."""
         halves = ascent_batches(state.batch)
         if len(halves) != len(self.radii):
             raise ValueError(f"expected {len(self.radii)} ascent batches, got {len(halves)}")
         previous = None
         for i, (half, radius) in enumerate(zip(halves, self.radii, strict=True)):
-            with state.ascent_context():
+            with state.ascent_context() if state.ascent_context else nullcontext():
                 self._pass(state, half, f"particle {k + 1}, ascent step {i + 1}")
-            if half is state.batch and state.center_grads is None:  # whole batch, unperturbed
-                state.center_grads = [g.clone() for g in grads_of(state.params.fixed)]
+            if state.params.fixed and k == 0 and i == 0:
+                self._keep_center_grads(state, halves)
             norm, previous = self._ascend(state.params, radius, previous)
             state.ascent_norms.append(norm)
         if k == 0:
             running_stats.begin_counted()  # the step's first full-batch pass moves the statistics
-        loss = self._pass(state, state.batch, f"particle {k + 1}, full-batch gradient")
+        self._pass(state, state.batch, f"particle {k + 1}, full-batch gradient")
         if k == 0:
             running_stats.end_counted()
         restore_(state.params.perturbed, state.saved)
         zero_grads_(state.params.fixed)
         self._accumulate(state, k)
-        return loss
+        return len(state.passes) - 1
 
-    def _pass(self, state: _State, batch: Batch, label: str) -> float:
-        loss = float(state.evaluate(batch, label))
+    def _keep_center_grads(self, state: _State, halves: Sequence[Batch]) -> None:
+        """Set aside the unperturbed gradient of the parameters that are not perturbed.
+
+        SAM's ascent batch is the whole batch: that is the gradient needed. OT-MDR's is the
+        first half: kept for :meth:`_gradient_at_center` to combine with the second half's.
+        """
+        if halves[0] is state.batch:
+            state.center_grads = take_grads_(state.params.fixed)
+        elif len(halves) == 2 and state.ascent_context is None:  # not a rank-local gradient
+            state.halves = halves
+            state.first_half_grads = take_grads_(state.params.fixed)
+
+    @staticmethod
+    def _halves_suffice(
+        state: _State, running_stats: RunningStatsGuard, mean_over_examples: MeanOverExamples | None
+    ) -> bool:
+        """Whether the first particle's halves give the whole batch's gradient at the center."""
+        if state.first_half_grads is None or mean_over_examples is None:
+            return False
+        return not running_stats.saw_batch_stats and mean_over_examples()
+
+    def _pass(self, state: _State, batch: Batch, label: str) -> torch.Tensor | float:
+        loss = state.evaluate(batch, label)
+        state.passes.append((label, loss))
         if state.saved is None:
             if not state.params.perturbed:
                 raise ValueError("found no parameter to perturb: check which are perturbed")
             state.saved = snapshot(state.params.perturbed)
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(
-                f"{label}: the loss is {loss}; the parameters were restored to their values "
-                "before the step (skip this batch, or lower the learning rate or rho)"
-            )
         return loss
 
     def _ascend(
@@ -246,16 +296,29 @@ class SharpnessAwareStep:
             torch._foreach_add_(grads, state.accumulated)
             torch._foreach_div_(grads, float(self.n_particles))
 
-    def _gradient_at_center(self, state: _State) -> None:
-        """The whole batch's gradient at the unperturbed parameters, for those not perturbed."""
+    def _gradient_at_center(self, state: _State, from_halves: bool) -> None:
+        """The whole batch's gradient at the unperturbed parameters, for those not perturbed.
+
+        SAM kept it from its ascent pass. Otherwise, when the loss is a per-example mean and
+        the first particle's halves partition the batch, it is ``(|B1| g_B1 + |B2| g_B2) / |B|``
+        with both halves at the unperturbed point: only the second half is evaluated. Else the
+        whole batch is.
+        """
+        fixed = state.params.fixed
         if state.center_grads is not None:
-            for p, g in zip(state.params.fixed, state.center_grads, strict=True):
+            for p, g in zip(fixed, state.center_grads, strict=True):
                 p.grad = g
             return
-        descent = [p.grad for p in state.params.perturbed]
-        for p in state.params.perturbed:
-            p.grad = None
-        self._pass(state, state.batch, "full-batch gradient at the unperturbed parameters")
+        sizes = _half_sizes(state) if from_halves else None
+        descent = take_grads_(state.params.perturbed)
+        if sizes is None:
+            self._pass(state, state.batch, "full-batch gradient at the unperturbed parameters")
+        else:
+            self._pass(state, state.halves[1], "second half's gradient at the unperturbed point")
+            first_weight, second_weight = sizes[0] / sum(sizes), sizes[1] / sum(sizes)
+            second = grads_of(fixed)
+            torch._foreach_mul_(second, second_weight)
+            torch._foreach_add_(second, state.first_half_grads, alpha=first_weight)
         for p, g in zip(state.params.perturbed, descent, strict=True):
             p.grad = g
 
@@ -296,6 +359,55 @@ def grads_of(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             p.grad = torch.zeros_like(p)
         grads.append(p.grad)
     return grads
+
+
+def take_grads_(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The ``.grad`` of each parameter (zeros where a pass left none), detached from it: the
+    parameters' ``.grad`` become ``None``, so the next pass writes fresh ones (no copy)."""
+    grads = grads_of(params)
+    for p in params:
+        p.grad = None
+    return grads
+
+
+def finite_losses(
+    passes: Sequence[tuple[str, torch.Tensor | float]], cause: BaseException | None = None
+) -> list[float]:
+    """The passes' losses as floats, with one device synchronisation for all of them.
+
+    :raises NonFiniteLossError: naming the first pass whose loss is NaN or infinite (chained to
+        ``cause``, the error that a later pass raised, when given).
+    """
+    values = _as_floats([loss for _, loss in passes])
+    for (label, _), value in zip(passes, values, strict=True):
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"{label}: the loss is {value}; the parameters were restored to their values "
+                "before the step (skip this batch, or lower the learning rate or rho)"
+            ) from cause
+    return values
+
+
+def _as_floats(losses: Sequence[torch.Tensor | float]) -> list[float]:
+    tensors = [loss.detach().reshape(()) for loss in losses if isinstance(loss, torch.Tensor)]
+    stacked = iter(())
+    if tensors:
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+        device = tensors[0].device
+        stacked = iter(torch.stack([t.to(device, dtype) for t in tensors]).tolist())
+    return [next(stacked) if isinstance(loss, torch.Tensor) else float(loss) for loss in losses]
+
+
+def _half_sizes(state: _State) -> tuple[int, int] | None:
+    """The sizes of the first particle's halves, if they were kept and partition the batch."""
+    if state.first_half_grads is None:
+        return None
+    try:
+        first, second = (batch_size_of(*half) for half in state.halves)
+        whole = batch_size_of(*state.batch)
+    except ValueError:  # a batch without tensor arguments
+        return None
+    return (first, second) if first + second == whole else None
 
 
 def zero_grads_(params: Sequence[torch.Tensor]) -> None:
