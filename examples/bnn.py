@@ -20,7 +20,7 @@ from pyro.infer.autoguide import AutoNormal, init_to_value
 from pyro_otmdr import OTMDR, evaluate
 from pyro_otmdr.bayesian import bayesian
 from pyro_otmdr.data import load_dataset
-from pyro_otmdr.models import build_model
+from pyro_otmdr.models import Normalize, build_model
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,7 +54,10 @@ def main() -> None:
         splits = load_dataset("digits", seed=args.seed)
         net = build_model("mlp", num_classes=10, in_features=64, hidden=(128,))
     num_data = len(splits.train)
-    model = bayesian(net, num_data=num_data).to(args.device)  # N(0, 1) priors
+    normalize = Normalize(*splits.normalization)  # the data stay in [0, 1]
+    model = bayesian(net, num_data=num_data, input_transform=normalize).to(
+        args.device
+    )  # N(0, 1) priors
     # Means start at the network's own initialisation, scales small.
     guide = AutoNormal(
         model, init_loc_fn=init_to_value(values=model.initial_values()), init_scale=1e-3

@@ -28,7 +28,7 @@ from pyro_otmdr.bayesian import bayesian
 from pyro_otmdr.checkpoint import load_checkpoint, save_checkpoint
 from pyro_otmdr.data import load_dataset
 from pyro_otmdr.evaluation import evaluate
-from pyro_otmdr.models import build_model
+from pyro_otmdr.models import Normalize, build_model
 from pyro_otmdr.optim import OTMDROptimizer
 
 
@@ -40,11 +40,12 @@ def setup() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def build(x: torch.Tensor, y: torch.Tensor, seed: int):
+def build(x: torch.Tensor, y: torch.Tensor, seed: int, normalization: tuple):
     """The Bayesian MLP, its AutoNormal guide and the ELBO as a module (same on every rank)."""
     pyro.set_rng_seed(seed)
     net = build_model("mlp", num_classes=10, in_features=64, hidden=(128,))
-    model = bayesian(net, num_data=len(x), prior_scale=1.0)
+    normalize = Normalize(*normalization)  # the data stay in [0, 1]
+    model = bayesian(net, num_data=len(x), prior_scale=1.0, input_transform=normalize)
     values = model.initial_values()
     guide = AutoNormal(model, init_loc_fn=init_to_value(values=values), init_scale=1e-3)
     loss_fn = Trace_ELBO()(model, guide)
@@ -68,7 +69,7 @@ def main() -> None:
     rank, world = setup()
     splits = load_dataset("digits", seed=args.seed)
     x, y = splits.train.tensors
-    model, guide, loss_fn = build(x, y, args.seed)
+    model, guide, loss_fn = build(x, y, args.seed, splits.normalization)
     ddp = DistributedDataParallel(loss_fn) if world > 1 else loss_fn
     base = torch.optim.Adam(ddp.parameters(), lr=args.lr)
     opt = OTMDROptimizer(

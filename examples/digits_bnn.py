@@ -18,7 +18,7 @@ from pyro_otmdr import OTMDR
 from pyro_otmdr.bayesian import bayesian
 from pyro_otmdr.data import load_dataset
 from pyro_otmdr.evaluation import evaluate
-from pyro_otmdr.models import build_model
+from pyro_otmdr.models import Normalize, build_model
 from pyro_otmdr.training import fit
 
 
@@ -28,7 +28,8 @@ def run(loss: pyro.infer.ELBO, args: argparse.Namespace) -> dict[str, float]:
     splits = load_dataset("digits", seed=args.seed)
     x, y = splits.train.tensors
     net = build_model("mlp", num_classes=10, in_features=64, hidden=(128,))
-    model = bayesian(net, num_data=len(x), prior_scale=1.0)
+    normalize = Normalize(*splits.normalization)  # the data stay in [0, 1]
+    model = bayesian(net, num_data=len(x), prior_scale=1.0, input_transform=normalize)
     guide = AutoNormal(model, init_loc_fn=init_to_value(values=model.initial_values()),
                        init_scale=1e-3)  # fmt: skip
     svi = SVI(model, guide, pyro.optim.Adam({"lr": args.lr}), loss=loss)

@@ -21,7 +21,7 @@ from pyro.infer.autoguide import init_to_value
 from pyro_otmdr import OTMDR, AutoDeltaEnsemble, EnsembleELBO, evaluate
 from pyro_otmdr.bayesian import bayesian
 from pyro_otmdr.data import load_dataset
-from pyro_otmdr.models import build_model
+from pyro_otmdr.models import Normalize, build_model
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,7 +59,8 @@ def main() -> None:
             return build_model("mlp", num_classes=10, in_features=64, hidden=(128,))
 
     num_data = len(splits.train)
-    model = bayesian(new_net(), num_data=num_data).to(args.device)
+    normalize = Normalize(*splits.normalization)  # the data stay in [0, 1]
+    model = bayesian(new_net(), num_data=num_data, input_transform=normalize).to(args.device)
     # Each member starts at a fresh network initialisation of its own.
     starts = [bayesian(new_net(), num_data=num_data).initial_values() for _ in range(args.members)]
     inits = [init_to_value(values={k: v.to(args.device) for k, v in s.items()}) for s in starts]

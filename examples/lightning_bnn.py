@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from pyro_otmdr.bayesian import bayesian
 from pyro_otmdr.data import load_dataset
 from pyro_otmdr.evaluation import evaluate
-from pyro_otmdr.models import build_model
+from pyro_otmdr.models import Normalize, build_model
 from pyro_otmdr.optim import OTMDROptimizer
 
 
@@ -70,11 +70,12 @@ class OTMDRModule(L.LightningModule):
         return [opt], [scheduler]
 
 
-def build(x: torch.Tensor, y: torch.Tensor, seed: int):
+def build(x: torch.Tensor, y: torch.Tensor, seed: int, normalization: tuple):
     """The Bayesian MLP, its AutoNormal guide and the ELBO as a module."""
     pyro.set_rng_seed(seed)
     net = build_model("mlp", num_classes=10, in_features=64, hidden=(128,))
-    model = bayesian(net, num_data=len(x), prior_scale=1.0)
+    normalize = Normalize(*normalization)  # the data stay in [0, 1]
+    model = bayesian(net, num_data=len(x), prior_scale=1.0, input_transform=normalize)
     guide = AutoNormal(
         model, init_loc_fn=init_to_value(values=model.initial_values()), init_scale=1e-3
     )
@@ -96,7 +97,7 @@ def main() -> None:
     pyro.settings.set(module_local_params=True)
     splits = load_dataset("digits", seed=args.seed)
     x, y = splits.train.tensors
-    model, guide, loss_fn = build(x, y, args.seed)
+    model, guide, loss_fn = build(x, y, args.seed, splits.normalization)
     loader = DataLoader(
         splits.train, batch_size=args.batch_size, shuffle=True,
         generator=torch.Generator().manual_seed(args.seed),

@@ -9,14 +9,15 @@ Usage::
               loss=OTMDR(Trace_ELBO(), rho=0.05, n_particles=2))
 
 The package is layered; each subpackage imports only those listed before it:
-:mod:`.bayes` (the Pyro layer), :mod:`.model_space` (OT-MDR and SAM), :mod:`.evaluation`,
-:mod:`.experiments`. The top-level modules ``bayesian``, ``data``, ``models``, ``metrics``,
-``checkpoint``, ``optim``, ``training`` and ``distributed`` are stable import paths that
-re-export them.
+:mod:`.bayes` (the Pyro layer), :mod:`.model_space` (OT-MDR and SAM), :mod:`.data_space`
+(attacks), :mod:`.evaluation`, :mod:`.experiments`. The top-level modules ``bayesian``, ``data``,
+``models``, ``metrics``, ``checkpoint``, ``optim``, ``training``, ``distributed`` and ``attacks``
+are stable import paths that re-export them. :func:`robustness` reports clean and robust
+accuracy of a classifier under Wasserstein and pointwise attacks.
 """
 
 from .bayes import AutoDeltaEnsemble, EnsembleELBO
-from .evaluation import EvaluationResult, evaluate
+from .evaluation import EvaluationResult, RobustnessReport, evaluate, robustness
 from .experiments.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .model_space import (
     DEFAULT_NOISE_STD,
@@ -40,11 +41,13 @@ __all__ = [
     "EvaluationResult",
     "NonFiniteLossError",
     "OTMDROptimizer",
+    "RobustnessReport",
     "SAMOptimizer",
     "SharpnessAwareStep",
     "StepInfo",
     "evaluate",
     "load_checkpoint",
     "perturbed_by_default",
+    "robustness",
     "save_checkpoint",
 ]

@@ -95,8 +95,15 @@ class BayesianClassifier(PyroModule):
         logits = model(x_batch, y_batch)   # samples weights from the prior, observes y
     """
 
-    def __init__(self, net: nn.Module, num_data: int, prior_scale: float) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        num_data: int,
+        prior_scale: float,
+        input_transform: nn.Module | None = None,
+    ) -> None:
         super().__init__()
+        self.input_transform = nn.Identity() if input_transform is None else input_transform
         self.net = net
         self.num_data = num_data
         self.register_buffer("prior_scale", torch.tensor(float(prior_scale)), persistent=False)
@@ -116,7 +123,7 @@ class BayesianClassifier(PyroModule):
                 f"y must hold one label per input: expected shape {tuple(x.shape[:1])}, "
                 f"got {tuple(y.shape)}"
             )
-        logits = self.net(x)
+        logits = self.net(self.input_transform(x))
         batch = x.shape[0]
         # A batch larger than the training set (say, a whole test set) is not rescaled.
         size = max(self.num_data, batch)
@@ -146,6 +153,7 @@ def bayesian(
     prior_scale: float = 1.0,
     filter: ParamFilter | None = None,
     inplace: bool = False,
+    input_transform: nn.Module | None = None,
 ) -> BayesianClassifier:
     """Turn a ``torch.nn.Module`` classifier (it returns logits) into a Bayesian Pyro model.
 
@@ -179,6 +187,10 @@ def bayesian(
     :param prior_scale: the prior standard deviation of every random weight.
     :param filter: ``filter(name, module) -> bool`` choosing the random parameters.
     :param inplace: convert ``net`` itself instead of a deep copy.
+    :param input_transform: a module without parameters applied to the inputs before the
+        network, e.g. the data's normalisation (so that the data, and attacks on them, stay in
+        their natural box); it is kept as ``model.input_transform`` and its buffers move with
+        the model.
     :returns: a :class:`BayesianClassifier`.
 
     Usage::
@@ -198,11 +210,19 @@ def bayesian(
     """
     filter = weights_not_norms if filter is None else filter
     _check_arguments(net, num_data, prior_scale, filter)
+    if input_transform is not None and (
+        not isinstance(input_transform, nn.Module)
+        or any(True for _ in input_transform.parameters())
+    ):
+        raise ValueError(
+            "input_transform must be a torch.nn.Module without parameters (a fixed "
+            "normalisation); put trainable layers into net"
+        )
     if not inplace:
         net = copy.deepcopy(net)
     selected = _select_params(net, filter)
     to_pyro_module_(net)
-    model = BayesianClassifier(net, num_data=int(num_data), prior_scale=prior_scale)
+    model = BayesianClassifier(net, int(num_data), prior_scale, input_transform)
     for name, module, attr, value in selected:
         model._initial_values["net." + name] = value.detach().clone()
         setattr(module, attr, PyroSample(_NormalPrior(model, value.shape)))

@@ -11,13 +11,17 @@ with progress lines and writes a run directory (``--out``)::
     calibration.png    reliability diagram, and calibration_pava.png (ArviZ PAV plot)
 
 ``otmdr evaluate RUN_DIR`` rebuilds the run from ``config.json`` and ``checkpoint.pt`` and
-evaluates it again (``--split val|test``, ``--ood fakedata|DATASET``). ``otmdr compare`` trains a
+evaluates it again (``--split val|test``, ``--ood fakedata|DATASET``). ``otmdr attack RUN_DIR``
+measures its robust accuracy under Wasserstein and pointwise attacks (``--threat``,
+``--budget``), writes ``robustness.json`` and ``robustness.png`` and adds the group
+``robustness`` to ``tree.nc``. ``otmdr compare`` trains a
 grid of guides x methods x seeds and writes a markdown table of mean ± std metrics.
 
 Usage::
 
     otmdr train --guide normal --method otmdr --epochs 30 --out runs/bnn
     otmdr evaluate runs/bnn --ood fakedata
+    otmdr attack runs/bnn --threat w2-linf,linf --budget 0.02,0.05,0.1
     otmdr compare --guides delta,normal --methods svi,otmdr --seeds 3 --out runs/compare
     python -m pyro_otmdr train --help
 """
@@ -28,6 +32,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -41,6 +46,7 @@ import pyro
 import torch
 
 from ..evaluation import EvaluationResult
+from ..evaluation.robustness import THREATS
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .config import (
     DEFAULT_RHO,
@@ -50,6 +56,7 @@ from .config import (
     SCHEDULES,
     Experiment,
     ExperimentConfig,
+    attack_experiment,
     build_experiment,
     evaluate_experiment,
     ood_inputs,
@@ -104,6 +111,18 @@ def _int_list(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"expected positive ints like 128 or 256,256: {text!r}")
     return sizes
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {text!r}"
+        ) from None
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"every budget must be a number > 0, got {text!r}")
+    return values
 
 
 def _positive(kind: type) -> Callable[[str], Any]:
@@ -164,7 +183,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, grid: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``otmdr`` argument parser with its ``train``, ``evaluate`` and ``compare`` commands."""
+    """The ``otmdr`` parser: ``train``, ``evaluate``, ``attack`` and ``compare`` commands."""
     parser = argparse.ArgumentParser(
         prog="otmdr", description="OT-MDR, SAM and plain SVI for Pyro classifiers."
     )
@@ -188,6 +207,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num-samples", type=_positive(int), help="AutoNormal draws")
     evaluate.add_argument("--device", choices=("cpu", "cuda"), default=_default_device())
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    attack = commands.add_parser("attack", help="robust accuracy of a run under attacks")
+    attack.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    attack.add_argument(
+        "--threat",
+        type=_name_list(tuple(THREATS)),
+        default=["w2-linf", "linf"],
+        help=f"comma-separated threats from {', '.join(THREATS)} (default w2-linf,linf)",
+    )
+    attack.add_argument(
+        "--budget",
+        type=_float_list,
+        default=(0.02, 0.05, 0.1),
+        help="comma-separated budgets in units of the [0, 1] input box (default 0.02,0.05,0.1)",
+    )
+    attack.add_argument("--num-samples", type=_positive(int), help="AutoNormal draws")
+    attack.add_argument("--steps", type=_positive(int), default=50, help="iterates per attack")
+    attack.add_argument("--split", choices=("test", "val"), default="test")
+    attack.add_argument("--device", choices=("cpu", "cuda"), default=_default_device())
+    attack.set_defaults(handler=cmd_attack)
 
     compare = commands.add_parser("compare", help="train guides x methods x seeds, tabulate")
     compare.add_argument("--guides", type=_name_list(GUIDES), default=list(GUIDES))
@@ -371,6 +410,52 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           + (f", OOD {args.ood}" if args.ood else "") + ":")  # fmt: skip
     _print_metrics(result.metrics)
     print(f"wrote {args.run_dir / f'evaluation{suffix}.json'} and calibration{suffix}.png")
+    return 0
+
+
+def _add_to_tree(path: Path, report: Any, group: str) -> None:
+    """Rewrite the run's ArviZ ``tree.nc`` with the report as the group ``group``.
+
+    The new tree goes to a temporary file that replaces the old one only once it is complete, so
+    a failed write leaves the old ``tree.nc`` as it was.
+    """
+    import xarray as xr
+
+    with xr.open_datatree(path) as tree:
+        tree = tree.load()
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        report.to_datatree(tree, group=group).to_netcdf(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    """``otmdr attack RUN_DIR``: robustness report, ``robustness.json`` and ``robustness.png``."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise _UsageError("--device cuda: CUDA is not available here; use --device cpu")
+    experiment, checkpoint = _load_run(args.run_dir, args.device)
+    report = attack_experiment(
+        experiment,
+        args.split,
+        threats=args.threat,
+        budgets=args.budget,
+        num_samples=args.num_samples,
+        steps=args.steps,
+    )
+    extra = {"split": args.split, "epoch": checkpoint.epoch, **_environment()}
+    _write_json(args.run_dir / "robustness.json", {**extra, **report.to_dict()})
+    report.plot(args.run_dir / "robustness.png")
+    tree_path = args.run_dir / "tree.nc"
+    if tree_path.is_file():
+        group = "robustness" if args.split == "test" else f"robustness_{args.split}"
+        _add_to_tree(tree_path, report, group)
+    print(f"{args.run_dir} after epoch {checkpoint.epoch}, {args.split} split "
+          f"({len(experiment.split_tensors(args.split)[1])} examples, "
+          f"{report.settings['num_draws']} draws, {report.settings['protocol']}):")  # fmt: skip
+    print(report.table())
+    print(f"wrote {args.run_dir / 'robustness.json'}, robustness.png and a group in tree.nc")
     return 0
 
 

@@ -39,10 +39,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..bayes.bnn import BayesianClassifier, bayesian
 from ..bayes.ensemble import AutoDeltaEnsemble, EnsembleELBO, is_ensemble
-from ..evaluation import EvaluationResult, evaluate
+from ..evaluation import EvaluationResult, RobustnessReport, evaluate, robustness
 from ..model_space.elbo import DEFAULT_NOISE_STD, OTMDR, SAM
 from .data import DATASET_NAMES, DataSplits, load_dataset, load_fakedata
-from .models import MODEL_NAMES, build_model
+from .models import MODEL_NAMES, Normalize, build_model
 from .training import EpochStats, shuffled_batches, train
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "SCHEDULES",
     "Experiment",
     "ExperimentConfig",
+    "attack_experiment",
     "build_experiment",
     "evaluate_experiment",
     "make_guide",
@@ -337,7 +338,10 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     splits = _load_splits(config)
     new_net = _network_factory(config, splits)
     num_data = len(splits.train)
-    model = bayesian(new_net(), num_data=num_data, prior_scale=config.prior_scale).to(device)
+    normalize = None if splits.normalization is None else Normalize(*splits.normalization)
+    model = bayesian(
+        new_net(), num_data=num_data, prior_scale=config.prior_scale, input_transform=normalize
+    ).to(device)
     members = config.num_members if config.guide == "ensemble" else 0
     starts = [_initial_values(new_net(), num_data, device) for _ in range(members)]
     guide = make_guide(config.guide, model, starts, init_scale=config.init_scale)
@@ -466,18 +470,60 @@ def evaluate_experiment(
         experiment.model.train()
 
 
+def attack_experiment(
+    experiment: Experiment,
+    split: str = "test",
+    *,
+    threats: Sequence[str] = ("w2-linf", "linf"),
+    budgets: Sequence[float] = (0.02, 0.05, 0.1),
+    num_samples: int | None = None,
+    steps: int = 50,
+    progress: bool | None = None,
+) -> RobustnessReport:
+    """:func:`~pyro_otmdr.robustness` of the run on ``split``, in eval mode, seeded by the config.
+
+    The inputs are the split's own, in their ``[0, 1]`` box (normalisation is inside the model).
+    """
+    _check_choice("split", split, ("val", "test"))
+    x, y = experiment.split_tensors(split, on_device=True)
+    experiment.model.eval()
+    pyro.set_rng_seed(experiment.config.seed)
+    try:
+        return robustness(
+            experiment.model,
+            experiment.guide,
+            x,
+            y,
+            threats=threats,
+            budgets=budgets,
+            num_samples=num_samples or experiment.config.num_samples,
+            steps=steps,
+            progress=progress,
+        )
+    finally:
+        experiment.model.train()
+
+
 def ood_inputs(experiment: Experiment, name: str) -> torch.Tensor:
     """Out-of-distribution test inputs shaped like the run's: ``fakedata`` or a data set's test.
 
     ``fakedata`` gives as many random images as the test split has (8x8 grey ones, flattened, for
-    flat digits). Another data set must have inputs of the run's shape.
+    flat digits), standardised as ``(image - 0.5) / 0.5`` and placed in the network's standardised
+    input space: the model's normalisation sees them as its network always did (before the
+    normalisation moved into the model, the fake images were fed to the network directly), so
+    ``auroc_ood`` keeps its meaning and its values. Another data set must have inputs of the
+    run's shape; its inputs are in their box like the run's.
     """
     config, shape = experiment.config, experiment.splits.input_shape
     if name == "fakedata":
         image = shape if len(shape) == 3 else (1, *_square(shape))
         size = len(experiment.splits.test)
         fake = load_fakedata(train_size=1, test_size=size, image_size=image, seed=config.seed + 1)
-        return dataset_tensors(fake.test)[0].reshape(size, *shape)
+        noise = (dataset_tensors(fake.test)[0].reshape(size, *shape) - 0.5) / 0.5
+        if experiment.splits.normalization is None:
+            return noise
+        mean, std = experiment.splits.normalization
+        return noise * std + mean
     _check_choice("OOD data set", name, DATASET_NAMES)
     extra = {"as_images": len(shape) == 3} if name == "digits" else {}
     other = load_dataset(name, config.data_dir, config.download, seed=config.seed, **extra)

@@ -61,8 +61,12 @@ class Loaders(NamedTuple):
 class DataSplits:
     """A data set split into ``train``, ``val`` (or ``None``) and ``test`` ``Dataset`` s.
 
-    Items are ``(input tensor, int label)``. ``input_shape`` is the shape of one
-    input (``(64,)`` for flat digits, ``(3, 32, 32)`` for CIFAR).
+    Items are ``(input tensor, int label)`` with inputs in their natural box ``[0, 1]``.
+    ``input_shape`` is the shape of one input (``(64,)`` for flat digits, ``(3, 32, 32)``
+    for CIFAR). ``normalization`` is ``(mean, std)``, tensors broadcastable to one input, that
+    standardise the inputs: the models apply it themselves
+    (:class:`~pyro_otmdr.experiments.models.Normalize`), so that attacks move the data in
+    their own box.
 
     Usage::
 
@@ -77,6 +81,7 @@ class DataSplits:
     test: Dataset
     num_classes: int
     input_shape: tuple[int, ...]
+    normalization: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def loaders(
         self,
@@ -119,12 +124,13 @@ def load_digits_split(
     test_fraction: float = 0.2,
     as_images: bool = False,
 ) -> DataSplits:
-    """scikit-learn's 8x8 digits (1797 images, 10 classes), split and standardised.
+    """scikit-learn's 8x8 digits (1797 images, 10 classes), split, in ``[0, 1]``.
 
-    The splits are stratified by class and fixed by ``seed``. Every pixel is
-    standardised with the training split's mean and standard deviation (pixels that
-    are constant in training are only centred). Inputs are float32 tensors of shape
-    ``(64,)``, or ``(1, 8, 8)`` with ``as_images=True`` (for the CNN); labels are int64.
+    The splits are stratified by class and fixed by ``seed``. Inputs are the pixels / 16,
+    float32 tensors of shape ``(64,)``, or ``(1, 8, 8)`` with ``as_images=True`` (for the
+    CNN); labels are int64. ``normalization`` holds the training split's per-pixel mean and
+    standard deviation on that scale (a pixel constant in training gets ``1 / 16``: it is
+    only centred, in units of the original 16 grey levels) for the model to standardise with.
 
     :param seed: seed of the random split.
     :param val_fraction: share of the data in the val split (0 for no val split).
@@ -148,9 +154,12 @@ def load_digits_split(
     mean, std = parts["train"][0].mean(0), parts["train"][0].std(0)
     std[std == 0] = 1.0
     shape = (1, 8, 8) if as_images else (64,)
+    normalization = tuple(
+        torch.as_tensor(v / 16.0, dtype=torch.float32).reshape(shape) for v in (mean, std)
+    )
 
     def to_dataset(xs: np.ndarray, ys: np.ndarray) -> TensorDataset:
-        features = torch.as_tensor((xs - mean) / std, dtype=torch.float32)
+        features = torch.as_tensor(xs / 16.0, dtype=torch.float32)
         return TensorDataset(features.reshape(-1, *shape), torch.as_tensor(ys, dtype=torch.long))
 
     val = parts.get("val")
@@ -161,6 +170,7 @@ def load_digits_split(
         test=to_dataset(*parts["test"]),
         num_classes=10,
         input_shape=shape,
+        normalization=normalization,
     )
 
 
@@ -189,17 +199,16 @@ def _stratified_split(
 
 
 def cifar_transforms(name: str, train: bool, augment: bool = True) -> T.Compose:
-    """The paper's CIFAR transforms.
+    """The paper's CIFAR transforms, without the normalisation (the model applies it).
 
     Training (with ``augment``): ``RandomCrop(32, padding=4)``,
-    ``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize(mean, std)``.
-    Test (or ``augment=False``): ``ToTensor()``, ``Normalize(mean, std)``, with the
-    per-channel statistics of :data:`CIFAR_STATS`.
+    ``RandomHorizontalFlip()``, ``ToTensor()``. Test (or ``augment=False``): ``ToTensor()``.
+    Images stay in ``[0, 1]``; the per-channel statistics of :data:`CIFAR_STATS` are the
+    splits' ``normalization``.
     """
     if name not in CIFAR_STATS:
         raise ValueError(f"unknown CIFAR name {name!r}; choose 'cifar10' or 'cifar100'")
-    mean, std = CIFAR_STATS[name]
-    steps: list[Any] = [T.ToTensor(), T.Normalize(mean, std)]
+    steps: list[Any] = [T.ToTensor()]
     if train and augment:
         steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *steps]
     return T.Compose(steps)
@@ -257,7 +266,8 @@ def load_cifar(
     val = None
     if val_size:
         train, val = _hold_out(train, test_tf, val_size, seed)
-    return DataSplits(name, train, val, test, _CIFAR_NUM_CLASSES[name], (3, 32, 32))
+    stats = tuple(torch.tensor(v).reshape(3, 1, 1) for v in CIFAR_STATS[name])
+    return DataSplits(name, train, val, test, _CIFAR_NUM_CLASSES[name], (3, 32, 32), stats)
 
 
 def _require_files(cls: type[datasets.CIFAR10], root: Path, name: str) -> None:
@@ -297,9 +307,10 @@ def load_fakedata(
     """torchvision's ``FakeData``: random images for throughput runs (no learnable signal).
 
     The training split goes through a CIFAR-like augmentation (random crop with
-    padding 4, flip, ``ToTensor``, ``Normalize(0.5, 0.5)``) so that data loading
-    costs about what CIFAR's does; the test split through ``ToTensor`` and
-    ``Normalize``. Image ``i`` is a fixed function of ``i`` and ``seed``.
+    padding 4, flip, ``ToTensor``) so that data loading costs about what CIFAR's
+    does; the test split through ``ToTensor``. Images are in ``[0, 1]``;
+    ``normalization`` is ``(0.5, 0.5)`` per channel. Image ``i`` is a fixed function
+    of ``i`` and ``seed``.
 
     Usage::
 
@@ -308,15 +319,16 @@ def load_fakedata(
     if min(num_classes, train_size, test_size, *image_size) < 1:
         raise ValueError("num_classes, train_size, test_size and image_size must be positive")
     channels, height, width = image_size
-    normalize = [T.ToTensor(), T.Normalize((0.5,) * channels, (0.5,) * channels)]
+    to_tensor = [T.ToTensor()]
     train_tf = T.Compose([T.RandomCrop((height, width), padding=4), T.RandomHorizontalFlip()])
-    train_tf = T.Compose([*train_tf.transforms, *normalize])
+    train_tf = T.Compose([*train_tf.transforms, *to_tensor])
     offset = seed * (train_size + test_size)
     train = datasets.FakeData(train_size, image_size, num_classes, train_tf, random_offset=offset)
     test = datasets.FakeData(
-        test_size, image_size, num_classes, T.Compose(normalize), random_offset=offset + train_size
+        test_size, image_size, num_classes, T.Compose(to_tensor), random_offset=offset + train_size
     )
-    return DataSplits("fakedata", train, None, test, num_classes, tuple(image_size))
+    stats = (torch.full((channels, 1, 1), 0.5), torch.full((channels, 1, 1), 0.5))
+    return DataSplits("fakedata", train, None, test, num_classes, tuple(image_size), stats)
 
 
 # ---------------------------------------------------------------- entry point

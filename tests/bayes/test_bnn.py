@@ -328,3 +328,19 @@ def test_model_moves_to_cuda_with_its_prior():
     assert trace.nodes["net.features.0.weight"]["fn"].base_dist.scale.is_cuda
     _svi_steps(model, guide, x, y)
     assert pyro.get_param_store()["AutoNormal.locs.net.features.0.weight"].is_cuda
+
+
+def test_input_transform_runs_in_front_of_the_network_and_must_be_parameter_free():
+    class Shift(nn.Module):
+        def forward(self, x):
+            return x - 1.0
+
+    net = nn.Linear(3, 2)
+    model = bayesian(net, num_data=4, input_transform=Shift())
+    x = torch.randn(4, 3)
+    latents = {name: param.detach() for name, param in net.named_parameters()}
+    conditioned = poutine.condition(model, data={"net." + k: v for k, v in latents.items()})
+    assert torch.allclose(conditioned(x), net(x - 1.0))
+    assert model.random_sites == ["net.weight", "net.bias"]  # names unchanged
+    with pytest.raises(ValueError, match="without parameters"):
+        bayesian(net, num_data=4, input_transform=nn.Linear(3, 3))

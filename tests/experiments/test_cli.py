@@ -184,3 +184,35 @@ def test_train_resumes_an_interrupted_run_bit_for_bit(tmp_path, monkeypatch):
     ]
     assert stores[0].keys() == stores[1].keys()
     assert all(torch.equal(stores[0][name], stores[1][name]) for name in stores[0])
+
+
+@pytest.mark.slow
+def test_attack_writes_the_robustness_report_of_a_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    _train(out, "--guide", "normal", "--method", "svi")
+    capsys.readouterr()
+    argv = ["attack", str(out), "--threat", "w2-linf,linf", "--budget", "0.05,0.1"]
+    assert main([*argv, "--steps", "3", "--num-samples", "2", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "robustness.json").read_text())
+    assert report["threats"] == ["w2-linf", "linf"] and report["budgets"] == [0.05, 0.1]
+    assert report["settings"]["num_draws"] == 2 and report["epoch"] == 1
+    assert set(report["robust_accuracy_fresh"]) == {"w2-linf", "linf"}
+    for accuracies in report["robust_accuracy"].values():
+        assert all(a <= report["clean_accuracy"] for a in accuracies)
+    assert (out / "robustness.png").is_file()
+    tree = az.from_netcdf(out / "tree.nc")
+    assert {"posterior_predictive", "robustness"} <= set(tree.children)
+    assert tree["robustness"].dataset["robust_accuracy"].shape == (2, 2)
+    assert "| w2-linf |" in printed and "| linf |" in printed
+    assert main(["evaluate", str(out), "--device", "cpu"]) == 0
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [(["--threat", "w1"], "invalid choice: w1"), (["--budget", "0.1,-1"], "number > 0")],
+)
+def test_attack_rejects_bad_threats_and_budgets(flags, expected, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["attack", str(tmp_path), *flags])
+    assert expected in capsys.readouterr().err

@@ -22,7 +22,7 @@ from pyro_otmdr.experiments.data import (
 # ------------------------------------------------------------------ digits
 
 
-def test_digits_split_sizes_standardised_and_fixed_by_seed():
+def test_digits_split_sizes_in_the_unit_box_and_fixed_by_seed():
     splits = load_digits_split(seed=0, val_fraction=0.15, test_fraction=0.2)
     x, y = splits.train.tensors
     sizes = [len(splits.train), len(splits.val), len(splits.test)]
@@ -30,9 +30,16 @@ def test_digits_split_sizes_standardised_and_fixed_by_seed():
     assert abs(sizes[2] - 0.2 * 1797) <= 1 and abs(sizes[1] - 0.15 * 1797) <= 1
     assert x.dtype == torch.float32 and y.dtype == torch.int64 and x.shape[1:] == (64,)
     assert splits.num_classes == 10 and splits.input_shape == (64,)
-    assert torch.allclose(x.mean(0), torch.zeros(64), atol=1e-5)
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    assert torch.equal(x * 16, (x * 16).round())  # pixels / 16
+    mean, std = splits.normalization
+    standardised = (x - mean) / std  # what the model's Normalize computes
+    assert torch.allclose(standardised.mean(0), torch.zeros(64), atol=1e-5)
     varying = x.std(0) > 0
-    assert torch.allclose(x.std(0, unbiased=False)[varying], torch.ones(int(varying.sum())))
+    assert torch.allclose(
+        standardised.std(0, unbiased=False)[varying], torch.ones(int(varying.sum())), atol=1e-5
+    )
+    assert torch.equal(std[~varying], torch.full((int((~varying).sum()),), 1 / 16))
     assert set(y.tolist()) == set(range(10))
     again = load_digits_split(seed=0, val_fraction=0.15, test_fraction=0.2)
     assert torch.equal(again.test.tensors[0], splits.test.tensors[0])
@@ -132,12 +139,13 @@ def test_cifar10_real_loader_on_tiny_archive(tmp_path, monkeypatch):
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and 0 <= label < 10
     assert splits.train.classes[0] == "class0"
     names = [type(t).__name__ for t in splits.train.transform.transforms]
-    assert names == ["RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
-    assert [type(t).__name__ for t in splits.test.transform.transforms] == ["ToTensor", "Normalize"]
+    assert names == ["RandomCrop", "RandomHorizontalFlip", "ToTensor"]
+    assert [type(t).__name__ for t in splits.test.transform.transforms] == ["ToTensor"]
     raw = torch.as_tensor(splits.test.data[0]).permute(2, 0, 1).float() / 255
-    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
-    expected = (raw - mean[:, None, None]) / std[:, None, None]
-    assert torch.allclose(splits.test[0][0], expected, atol=1e-5)
+    assert torch.allclose(splits.test[0][0], raw, atol=1e-6)
+    mean, std = splits.normalization
+    assert torch.allclose(mean.flatten(), torch.tensor([0.4914, 0.4822, 0.4465]))
+    assert torch.allclose(std.flatten(), torch.tensor([0.2470, 0.2435, 0.2616]))
     train, _, _ = splits.loaders(batch_size=8, seed=0)
     xb, yb = next(iter(train))
     assert xb.shape == (8, 3, 32, 32) and yb.dtype == torch.int64
@@ -151,8 +159,8 @@ def test_cifar100_real_loader_with_val_hold_out(tmp_path, monkeypatch):
     train_indices, val_indices = set(splits.train.indices), set(splits.val.indices)
     assert not train_indices & val_indices
     assert splits.val.dataset.data is splits.train.dataset.data  # no second copy of the images
-    assert len(splits.val.dataset.transform.transforms) == 2  # the test transform
-    assert len(splits.train.dataset.transform.transforms) == 4
+    assert len(splits.val.dataset.transform.transforms) == 1  # the test transform (ToTensor)
+    assert len(splits.train.dataset.transform.transforms) == 3
     assert 0 <= splits.val[0][1] < 100
 
 
@@ -180,8 +188,8 @@ def test_integrity_check_stays_on(tmp_path):
 
 
 def test_cifar_transforms():
-    assert len(cifar_transforms("cifar100", train=True).transforms) == 4
-    assert len(cifar_transforms("cifar100", train=True, augment=False).transforms) == 2
+    assert len(cifar_transforms("cifar100", train=True).transforms) == 3
+    assert len(cifar_transforms("cifar100", train=True, augment=False).transforms) == 1
     crop = cifar_transforms("cifar10", train=True).transforms[0]
     assert isinstance(crop, T.RandomCrop) and crop.size == (32, 32) and crop.padding == 4
     with pytest.raises(ValueError, match="cifar10"):

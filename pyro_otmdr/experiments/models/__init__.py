@@ -25,6 +25,7 @@ from typing import Any
 
 from torch import nn
 
+from .normalize import Normalize
 from .resnet import BasicBlock, CifarResNet, resnet10, resnet18
 from .simple import MLP, SmallCNN
 from .torchvision_cifar import densenet121_cifar, efficientnet_b0_cifar, mobilenet_v2_cifar
@@ -35,6 +36,7 @@ __all__ = [
     "MODEL_NAMES",
     "BasicBlock",
     "CifarResNet",
+    "Normalize",
     "SmallCNN",
     "WideBasicBlock",
     "WideResNet",

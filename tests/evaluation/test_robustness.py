@@ -1,0 +1,80 @@
+"""The robustness report: attacks per threat and budget, fresh draws, JSON, plot, DataTree."""
+
+import json
+
+import matplotlib.image as mpimg
+import pytest
+import torch
+
+from pyro_otmdr import robustness
+from pyro_otmdr.attacks import pgd, w_pgd
+from tests.data_space.linear import fit_bayesian, linear_problem
+
+
+def test_report_on_a_plain_network_matches_the_attacks(tmp_path):
+    net, x, y = linear_problem()
+    threats = ("w2-linf", "w2-l2", "linf", "l2")
+    torch.manual_seed(0)
+    report = robustness(net, None, x, y, threats=threats, budgets=(0.05, 0.1), steps=5)
+    assert report.threats == list(threats) and report.budgets == [0.05, 0.1]
+    assert report.robust_accuracy_fresh is None and report.clean_accuracy_fresh is None
+    assert report.clean_accuracy == pytest.approx(0.8)
+    direct = w_pgd(net, x, y, delta=0.1, steps=5)
+    assert report.robust_accuracy["w2-linf"][1] == direct.robust_accuracy
+    assert report.distance["w2-linf"][1] == direct.distance
+    for threat in threats:
+        assert all(a <= report.clean_accuracy for a in report.robust_accuracy[threat])
+        assert all(
+            d <= b + 1e-6 for d, b in zip(report.distance[threat], report.budgets, strict=True)
+        )
+        assert report.upsilon[threat] > 0
+    torch.manual_seed(0)  # the W attacks draw nothing: PGD at 0.05 is the first user of the RNG
+    assert report.robust_accuracy["linf"][0] == pgd(net, x, y, eps=0.05, steps=5).robust_accuracy
+
+    data = json.loads(report.to_json(tmp_path / "robustness.json").read_text())
+    assert data["robust_accuracy"] == report.robust_accuracy
+    assert data["settings"]["protocol"] == "deterministic"
+    image = mpimg.imread(report.plot(tmp_path / "robustness.png"))
+    assert image.shape[0] > 100 and image.std() > 0
+    assert "| w2-linf |" in report.table()
+
+
+def test_report_on_a_sampled_posterior_reports_fresh_draws_and_joins_the_datatree():
+    from pyro_otmdr.evaluation import evaluate
+
+    model, guide, x, y = fit_bayesian("normal")
+    report = robustness(model, guide, x, y, budgets=(0.1,), num_samples=4, steps=4)
+    assert report.settings["num_draws"] == 4
+    assert set(report.robust_accuracy_fresh) == {"w2-linf", "linf"}
+    assert 0.0 <= report.clean_accuracy_fresh <= 1.0
+    assert "(" in report.table()
+    base = evaluate(model, guide, x, y, num_samples=4).to_datatree()
+    tree = report.to_datatree(base)
+    group = tree["robustness"].dataset
+    assert group["robust_accuracy"].sel(threat="w2-linf", budget=0.1) == pytest.approx(
+        report.robust_accuracy["w2-linf"][0]
+    )
+    assert "robust_accuracy_fresh" in group and "posterior_predictive" in tree.children
+    assert "robustness" not in base.children
+
+
+def test_report_on_a_point_estimate_has_no_fresh_draws():
+    model, guide, x, y = fit_bayesian("delta")
+    report = robustness(model, guide, x, y, threats=("w2-l2",), budgets=(0.1,), steps=3)
+    assert report.robust_accuracy_fresh is None
+    assert report.settings["num_draws"] == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(threats=("w1-linf",)), "'w2-linf', 'w2-l2', 'linf', 'l2'"),
+        (dict(threats="linf"), "sequence of names"),
+        (dict(budgets=(0.1, 0.0)), "every budget must be"),
+        (dict(budgets=0.1), "sequence of numbers"),
+    ],
+)
+def test_bad_report_arguments(kwargs, message):
+    net, x, y = linear_problem()
+    with pytest.raises(ValueError, match=message):
+        robustness(net, None, x, y, **kwargs)
