@@ -1,17 +1,21 @@
 """Median milliseconds per training step of plain SVI, SAM and OT-MDR, measured side by side.
 
-For each network (an MLP BNN on digits-shaped vectors, and the project's ``cnn`` made Bayesian
-with :func:`pyro_otmdr.bayes.bayesian` on digits-shaped images) and each guide (AutoDelta,
+For each network (the project's ``mlp`` on digits-shaped vectors and its ``cnn`` on digits-shaped
+images, both made Bayesian with :func:`pyro_otmdr.bayes.bayesian`) and each guide (AutoDelta,
 AutoNormal, AutoDeltaEnsemble of M members), every method trains the same model in turn, round
 after round (interleaved, so the machine's load falls on all methods alike). The script prints the
 median ms/step of each and the ratios OT-MDR(K=1)/SAM, SAM/SVI and K=2/K=1. For AutoNormal it also
 times OT-MDR(K=1) with the scales' gradient from a whole-batch pass (``k1 whole``, forced by a
-custom ``split_batch``), the way every step paid for it before the half-batch identity.
+custom ``split_batch``), the way every step paid for it before the half-batch identity. With
+``--prior both`` every method also runs with the prior ``bayesian()`` built before its fused
+:class:`~pyro_otmdr.bayes.priors.IsotropicNormal` (``Normal(0, s).expand(shape).to_event(n)``),
+interleaved with the new one, and a ``n/o`` line gives new/old per method.
 
 Usage::
 
     python benchmarks/step_time.py                         # MLP and CNN, about 5 min on 2 cores
     python benchmarks/step_time.py --models mlp --guides delta normal --rounds 3 --threads 1
+    python benchmarks/step_time.py --models mlp --prior both --threads 1   # old prior vs new
     python benchmarks/step_time.py --cnn-size 32 --cnn-channels 3 --device cuda
 """
 
@@ -28,7 +32,6 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoNormal
-from pyro.nn import PyroModule, PyroSample
 
 from pyro_otmdr import OTMDR, SAM, AutoDeltaEnsemble, EnsembleELBO
 from pyro_otmdr.bayes import bayesian
@@ -38,34 +41,33 @@ from pyro_otmdr.model_space.batching import split_in_halves
 NUM_DATA = 4096
 
 
-class MLPBNN(PyroModule):
-    """An MLP with standard-normal priors on every weight and a categorical likelihood."""
+class OldPrior:
+    """The prior ``bayesian()`` built before ``IsotropicNormal``: ``Normal(0, s)`` expanded."""
 
-    def __init__(self, sizes: list[int], num_data: int) -> None:
-        super().__init__()
-        self.num_data = num_data
-        layers = []
-        for fan_in, fan_out in itertools.pairwise(sizes):
-            layer = PyroModule[torch.nn.Linear](fan_in, fan_out)
-            layer.weight = PyroSample(dist.Normal(0.0, 1.0).expand([fan_out, fan_in]).to_event(2))
-            layer.bias = PyroSample(dist.Normal(0.0, 1.0).expand([fan_out]).to_event(1))
-            layers.append(layer)
-        self.layers = PyroModule[torch.nn.ModuleList](layers)
+    def __init__(self, new: Callable) -> None:
+        self.new = new
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        for layer in self.layers[:-1]:
-            x = torch.relu(layer(x))
-        logits = self.layers[-1](x)
-        with pyro.plate("data", size=self.num_data, subsample_size=len(logits)):
-            pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
-        return logits
+    def __call__(self, module: torch.nn.Module) -> dist.Distribution:
+        scale = self.new.root.prior_scale
+        loc = torch.zeros((), dtype=scale.dtype, device=scale.device)
+        shape = self.new.shape
+        return dist.Normal(loc, scale).expand(shape).to_event(len(shape))
+
+
+def use_prior(model: torch.nn.Module, kind: str) -> None:
+    """Switch every ``PyroSample`` site of a ``bayesian()`` model to the old or the new prior."""
+    for module in model.modules():
+        samples = getattr(module, "_pyro_samples", {})
+        for name, prior in samples.items():
+            new = prior.new if isinstance(prior, OldPrior) else prior
+            samples[name] = OldPrior(new) if kind == "old" else new
 
 
 def network(name: str, args: argparse.Namespace) -> tuple[Callable, tuple[int, ...], int]:
     """The model, the shape of one input and the batch size."""
     if name == "mlp":
-        sizes = [64, *[args.hidden] * args.layers, 10]
-        return MLPBNN(sizes, NUM_DATA), (64,), args.batch
+        net = build_model("mlp", 10, in_features=64, hidden=(args.hidden,) * args.layers)
+        return bayesian(net, num_data=NUM_DATA), (64,), args.batch
     channels = args.cnn_channels
     net = build_model("cnn", num_classes=10, in_channels=channels)
     return (
@@ -105,8 +107,10 @@ def time_steps(svi: SVI, x: torch.Tensor, y: torch.Tensor, steps: int, batch: in
     return 1e3 * (time.perf_counter() - start) / steps
 
 
-def bench(model_name: str, guide_name: str, args: argparse.Namespace) -> dict[str, float]:
-    """Median ms/step of every method for one network and guide, interleaved."""
+def bench(
+    model_name: str, guide_name: str, args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Median ms/step of every method per prior for one network and guide, all interleaved."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     device = torch.device(args.device)
@@ -124,13 +128,20 @@ def bench(model_name: str, guide_name: str, args: argparse.Namespace) -> dict[st
         name: SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=make())
         for name, make in methods(args.rho, guide_name).items()
     }
-    for svi in runners.values():  # warm-up: guide set-up, allocator, caches
+    priors = ["old", "new"] if args.prior == "both" else [args.prior]
+    for prior, svi in itertools.product(priors, runners.values()):  # warm-up: set-up, caches
+        use_prior(model, prior)
         time_steps(svi, x, y, 2, batch)
-    samples: dict[str, list[float]] = {name: [] for name in runners}
+    samples = {prior: {name: [] for name in runners} for prior in priors}
     for _ in range(args.rounds):
-        for name, svi in runners.items():
-            samples[name].append(time_steps(svi, x, y, args.steps, batch))
-    return {name: statistics.median(values) for name, values in samples.items()}
+        for prior in priors:
+            use_prior(model, prior)
+            for name, svi in runners.items():
+                samples[prior][name].append(time_steps(svi, x, y, args.steps, batch))
+    return {
+        prior: {name: statistics.median(values) for name, values in found.items()}
+        for prior, found in samples.items()
+    }
 
 
 def parse() -> argparse.Namespace:
@@ -152,6 +163,10 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--members", type=int, default=3, help="AutoDeltaEnsemble size")
     parser.add_argument("--threads", type=int, help="torch threads (1 is steadier on a busy CPU)")
+    parser.add_argument(
+        "--prior", default="new", choices=["new", "old", "both"],
+        help="bayesian()'s fused prior, the expanded Normal before it, or both interleaved",
+    )  # fmt: skip
     return parser.parse_args()
 
 
@@ -168,17 +183,27 @@ def main() -> None:
     )
     names = ["svi", "sam", "k1", "k2", "k1 whole"]
     header = "".join(f"{n:>9}" for n in names)
-    print(f"{'model':<5} {'guide':<9}{header}   k1/SAM  SAM/SVI    k2/k1  whole/SAM")
+    print(f"{'model':<5} {'guide':<9}{'prior':<6}{header}   k1/SAM  SAM/SVI    k2/k1  whole/SAM")
     for model_name, guide_name in itertools.product(args.models, args.guides):
-        ms = bench(model_name, guide_name, args)
-        cells = "".join(f"{ms[n]:>9.1f}" if n in ms else f"{'':>9}" for n in names)
-        whole = f"{ms['k1 whole'] / ms['sam']:>11.2f}" if "k1 whole" in ms else ""
-        print(
-            f"{model_name:<5} {guide_name:<9}{cells}"
-            f"{ms['k1'] / ms['sam']:>9.2f}{ms['sam'] / ms['svi']:>9.2f}{ms['k2'] / ms['k1']:>9.2f}"
-            f"{whole}",
-            flush=True,
-        )
+        found = bench(model_name, guide_name, args)
+        for prior, ms in found.items():
+            print(f"{model_name:<5} {guide_name:<9}{prior:<6}{row(ms, names)}", flush=True)
+        if len(found) == 2:
+            ratios = "".join(
+                f"{found['new'][n] / found['old'][n]:>9.2f}" if n in found["new"] else f"{'':>9}"
+                for n in names
+            )
+            print(f"{model_name:<5} {guide_name:<9}{'n/o':<6}{ratios}", flush=True)
+
+
+def row(ms: dict[str, float], names: list[str]) -> str:
+    """The ms/step cells and the ratios of one line."""
+    cells = "".join(f"{ms[n]:>9.1f}" if n in ms else f"{'':>9}" for n in names)
+    whole = f"{ms['k1 whole'] / ms['sam']:>11.2f}" if "k1 whole" in ms else ""
+    return (
+        f"{cells}{ms['k1'] / ms['sam']:>9.2f}{ms['sam'] / ms['svi']:>9.2f}"
+        f"{ms['k2'] / ms['k1']:>9.2f}{whole}"
+    )
 
 
 if __name__ == "__main__":
