@@ -14,22 +14,38 @@ The package is layered; each subpackage imports only those listed before it:
 ``models``, ``metrics``, ``checkpoint``, ``optim``, ``training``, ``distributed`` and ``attacks``
 are stable import paths that re-export them. :func:`robustness` reports clean and robust
 accuracy of a classifier under Wasserstein and pointwise attacks.
+
+Public names load lazily (PEP 562): ``import pyro_otmdr`` imports no torch or Pyro until a name is
+used, so the ``otmdr`` command answers ``--help`` at once. ``__all__``, ``dir()`` and type
+checkers see every name as usual.
 """
 
-from .bayes import AutoDeltaEnsemble, EnsembleELBO
-from .evaluation import EvaluationResult, RobustnessReport, evaluate, robustness
-from .experiments.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .model_space import (
-    DEFAULT_NOISE_STD,
-    OTMDR,
-    SAM,
-    NonFiniteLossError,
-    OTMDROptimizer,
-    SAMOptimizer,
-    SharpnessAwareStep,
-    StepInfo,
-    perturbed_by_default,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: Each public name and the module that defines it.
+_HOMES = {
+    "AutoDeltaEnsemble": "bayes",
+    "EnsembleELBO": "bayes",
+    "DEFAULT_NOISE_STD": "model_space",
+    "OTMDR": "model_space",
+    "SAM": "model_space",
+    "NonFiniteLossError": "model_space",
+    "OTMDROptimizer": "model_space",
+    "SAMOptimizer": "model_space",
+    "SharpnessAwareStep": "model_space",
+    "StepInfo": "model_space",
+    "perturbed_by_default": "model_space",
+    "EvaluationResult": "evaluation",
+    "RobustnessReport": "evaluation",
+    "evaluate": "evaluation",
+    "robustness": "evaluation",
+    "CheckpointError": "experiments.checkpoint",
+    "load_checkpoint": "experiments.checkpoint",
+    "save_checkpoint": "experiments.checkpoint",
+}
 
 __all__ = [
     "DEFAULT_NOISE_STD",
@@ -51,3 +67,33 @@ __all__ = [
     "robustness",
     "save_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'pyro_otmdr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from .bayes import AutoDeltaEnsemble, EnsembleELBO
+    from .evaluation import EvaluationResult, RobustnessReport, evaluate, robustness
+    from .experiments.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from .model_space import (
+        DEFAULT_NOISE_STD,
+        OTMDR,
+        SAM,
+        NonFiniteLossError,
+        OTMDROptimizer,
+        SAMOptimizer,
+        SharpnessAwareStep,
+        StepInfo,
+        perturbed_by_default,
+    )

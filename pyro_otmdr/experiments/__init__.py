@@ -7,7 +7,7 @@
 * :mod:`.config`: :class:`ExperimentConfig` to a built, trained and evaluated experiment;
 * :mod:`.cli`: the ``otmdr`` command.
 
-The top layer: it may import every other part of the package.
+The top layer: it may import every other part of the package. Its names load lazily (PEP 562).
 
 Usage::
 
@@ -16,5 +16,45 @@ Usage::
     metrics = run_experiment(dataset="digits", guide="normal", method="otmdr", epochs=30)
 """
 
-from .config import *  # noqa: F403
-from .config import __all__  # noqa: F401
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .names import DEFAULT_RHO, GUIDES, METHODS, OPTIMIZERS, SCHEDULES
+
+#: The names of :mod:`.config`, loaded on first use so that ``otmdr --help`` imports no torch.
+_CONFIG_NAMES = (
+    "Experiment",
+    "ExperimentConfig",
+    "attack_experiment",
+    "build_experiment",
+    "evaluate_experiment",
+    "make_guide",
+    "make_loss",
+    "make_optim",
+    "run_experiment",
+    "shift_experiment",
+    "train_experiment",
+)
+
+__all__ = [
+    "DEFAULT_RHO",
+    "GUIDES",
+    "METHODS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    *_CONFIG_NAMES,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _CONFIG_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.config"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -40,9 +40,11 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from ..bayes.bnn import BayesianClassifier, bayesian
 from ..bayes.ensemble import AutoDeltaEnsemble, EnsembleELBO, is_ensemble
 from ..evaluation import EvaluationResult, RobustnessReport, evaluate, robustness
+from ..evaluation.shift import ShiftResult, evaluate_shift
 from ..model_space.elbo import DEFAULT_NOISE_STD, OTMDR, SAM
 from .data import DATASET_NAMES, DataSplits, load_dataset, load_fakedata
 from .models import MODEL_NAMES, Normalize, build_model
+from .names import DEFAULT_RHO, GUIDES, METHODS, OPTIMIZERS, SCHEDULES, SHIFT_NAMES
 from .training import EpochStats, shuffled_batches, train
 
 __all__ = [
@@ -60,16 +62,10 @@ __all__ = [
     "make_loss",
     "make_optim",
     "run_experiment",
+    "shift_experiment",
     "train_experiment",
 ]
 
-GUIDES = ("delta", "ensemble", "normal")
-METHODS = ("svi", "sam", "otmdr")
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("cosine", "constant")
-
-#: The paper's radius per guide, used when ``rho`` is not given.
-DEFAULT_RHO = {"delta": 0.05, "ensemble": 0.05, "normal": 0.005}
 
 _MONITOR_DRAWS = 8  # posterior draws of the per-epoch accuracy (AutoNormal)
 
@@ -374,13 +370,15 @@ def train_experiment(
     log: Callable[[str], None] | None = None,
     on_epoch: Callable[[EpochStats, dict], None] | None = None,
     start_epoch: int = 0,
+    progress: bool | None = None,
 ) -> list[dict[str, float]]:
     """Train for ``config.epochs``; return one dict per epoch (loss, accuracy, lr, timing).
 
     After each epoch the accuracy of the posterior predictive (8 draws for AutoNormal) on the
     validation split, or the test split when there is none, is measured; ``log`` gets one line
     per epoch and ``on_epoch(stats, record)`` is called (to write a checkpoint, say). A resumed
-    run starts at ``start_epoch`` (the number of epochs already done).
+    run starts at ``start_epoch`` (the number of epochs already done). ``progress`` is the
+    progress bar over each epoch's steps (default: only on a terminal).
 
     The loss is the mean step loss divided by the number of training examples.
     """
@@ -422,6 +420,7 @@ def train_experiment(
         start_epoch=start_epoch,
         scheduler=scheduler,
         on_epoch=after_epoch,
+        progress=progress,
     )
     return history
 
@@ -499,6 +498,40 @@ def attack_experiment(
             num_samples=num_samples or experiment.config.num_samples,
             steps=steps,
             progress=progress,
+        )
+    finally:
+        experiment.model.train()
+
+
+def shift_experiment(
+    experiment: Experiment,
+    split: str = "test",
+    *,
+    shifts: Sequence[str] = SHIFT_NAMES,
+    severities: Sequence[int] = (1, 2, 3, 4, 5),
+    num_samples: int | None = None,
+    progress: bool | None = None,
+) -> ShiftResult:
+    """:func:`~pyro_otmdr.evaluation.shift.evaluate_shift` of the run on ``split``, in eval mode.
+
+    Shifts act on the split's own inputs in their ``[0, 1]`` box, seeded by the config's seed, and
+    every evaluation draws from the same seeded RNG, so the table is reproducible.
+    """
+    _check_choice("split", split, ("val", "test"))
+    x, y = experiment.split_tensors(split, on_device=True)
+    experiment.model.eval()
+    pyro.set_rng_seed(experiment.config.seed)
+    try:
+        return evaluate_shift(
+            experiment.model,
+            experiment.guide,
+            x,
+            y,
+            shifts=shifts,
+            severities=severities,
+            seed=experiment.config.seed,
+            progress=progress,
+            num_samples=num_samples or experiment.config.num_samples,
         )
     finally:
         experiment.model.train()

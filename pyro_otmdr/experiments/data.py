@@ -26,6 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets
 from torchvision import transforms as T
 
+from .names import DATASET_NAMES
+
 __all__ = [
     "CIFAR_STATS",
     "DATASET_NAMES",
@@ -334,7 +336,6 @@ def load_fakedata(
 # ---------------------------------------------------------------- entry point
 
 #: The names :func:`load_dataset` accepts.
-DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10", "cifar100", "fakedata")
 
 
 def load_dataset(

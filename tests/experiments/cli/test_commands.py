@@ -12,7 +12,7 @@ import pytest
 import torch
 from torchvision import datasets
 
-import pyro_otmdr.experiments.cli as cli
+import pyro_otmdr.experiments.cli.train as train_command
 from pyro_otmdr.experiments.checkpoint import load_checkpoint
 from pyro_otmdr.experiments.cli import main
 from pyro_otmdr.experiments.config import ExperimentConfig
@@ -107,7 +107,7 @@ def test_compare_writes_a_table_and_the_raw_runs(tmp_path, capsys):
     assert all(row.count("±") == 5 for row in rows)  # 4 metrics and the step time
     runs = json.loads((out / "runs.json").read_text())
     assert len(runs) == 8 and {r["seed"] for r in runs} == {0, 1}
-    with open(out / "runs.csv") as f:
+    with open(out / "compare.csv") as f:
         assert len(list(csv.DictReader(f))) == 8
     assert "| normal | otmdr |" in capsys.readouterr().out
 
@@ -158,15 +158,15 @@ def test_train_resumes_an_interrupted_run_bit_for_bit(tmp_path, monkeypatch):
     flags = ["--guide", "normal", "--method", "otmdr", "--noise", "0.01", "--epochs", "2"]
     full = _train(tmp_path / "full", *flags)
 
-    save = cli._save_checkpoint
+    save = train_command.save_run_checkpoint
 
     def stop_after_first_epoch(path, experiment, epoch, step, history):
         save(path, experiment, epoch, step, history)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_save_checkpoint", stop_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        _train(tmp_path / "part", *flags)
+    monkeypatch.setattr(train_command, "save_run_checkpoint", stop_after_first_epoch)
+    part = ["train", *TINY, "--out", str(tmp_path / "part"), "--quiet", *flags]
+    assert main(part) == 130
     monkeypatch.undo()
     assert not (tmp_path / "part" / "metrics.json").exists()
     assert main(["train", "--resume", str(tmp_path / "part"), "--quiet", "--device", "cpu"]) == 0
@@ -216,3 +216,18 @@ def test_attack_rejects_bad_threats_and_budgets(flags, expected, tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["attack", str(tmp_path), *flags])
     assert expected in capsys.readouterr().err
+
+
+def test_evaluate_under_shift_writes_json_figure_and_a_tree_group(tmp_path, capsys):
+    out = tmp_path / "run"
+    _train(out, "--guide", "delta", "--method", "svi")
+    argv = ["evaluate", str(out), "--shift", "gaussian_noise,contrast", "--severity", "1,3"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    saved = json.loads((out / "shift.json").read_text())
+    assert set(saved["shifts"]) == {"gaussian_noise", "contrast"}
+    assert set(saved["shifts"]["contrast"]) == {"0", "1", "3"}
+    assert set(saved["mean_over_shifts"]) == {"accuracy", "nll", "ece"}
+    assert (out / "shift.png").is_file()
+    tree = az.from_netcdf(out / "tree.nc")
+    assert tree["shift"].dataset["nll"].shape == (2, 3)
+    assert "mean over shifts and severities" in capsys.readouterr().out

@@ -1,0 +1,61 @@
+"""``otmdr evaluate RUN_DIR``: evaluate a saved run again, out of distribution and under shift.
+
+Writes ``evaluation-<split>[-ood-<name>].json`` and its calibration plots; with ``--shift``, also
+``shift.json`` and ``shift.png`` (accuracy, NLL and ECE against severity, one line per shift)
+and the group ``shift`` of the run's ``tree.nc``.
+
+Usage::
+
+    otmdr evaluate runs/bnn --split val
+    otmdr evaluate runs/bnn --ood fakedata --shift gaussian_noise,rotation --severity 1,3,5
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import evaluate_experiment, ood_inputs, shift_experiment
+from .rundir import add_to_tree, environment, load_run, print_metrics, write_evaluation, write_json
+
+__all__ = ["run"]
+
+
+def run(args: argparse.Namespace) -> int:
+    """``otmdr evaluate RUN_DIR``: rebuild, load the checkpoint, evaluate, write JSON and PNGs."""
+    experiment, checkpoint = load_run(args.run_dir, args.device)
+    x_ood = None if args.ood is None else ood_inputs(experiment, args.ood)
+    result = evaluate_experiment(experiment, args.split, x_ood=x_ood, num_samples=args.num_samples)
+    suffix = f"-{args.split}" + (f"-ood-{args.ood}" if args.ood else "")
+    extra = {"split": args.split, "ood": args.ood, "epoch": checkpoint.epoch}
+    write_evaluation(args.run_dir, "evaluation", suffix, result, {**extra, **environment()})
+    print(f"{args.run_dir} after epoch {checkpoint.epoch}, {args.split} split"
+          + (f", OOD {args.ood}" if args.ood else "") + ":")  # fmt: skip
+    print_metrics(result.metrics)
+    print(f"wrote {args.run_dir / f'evaluation{suffix}.json'} and calibration{suffix}.png")
+    if args.shift:
+        _shift(args, experiment, {"split": args.split, "epoch": checkpoint.epoch})
+    return 0
+
+
+def _shift(args: argparse.Namespace, experiment, extra: dict) -> None:
+    """Evaluate under every shift and severity; write ``shift.json``, ``shift.png``, a group."""
+    result = shift_experiment(
+        experiment,
+        args.split,
+        shifts=args.shift,
+        severities=args.severity,
+        num_samples=args.num_samples,
+        progress=False if args.quiet else None,
+    )
+    write_json(args.run_dir / "shift.json", {**extra, **result.to_dict(), **environment()})
+    result.plot(args.run_dir / "shift.png")
+    if (args.run_dir / "tree.nc").is_file():
+        add_to_tree(args.run_dir / "tree.nc", result.to_dataset(), "shift")
+    print("under shift (accuracy / NLL / ECE):")
+    for shift, per in result.metrics.items():
+        cells = [f"{s}: {m['accuracy']:.3f}/{m['nll']:.3f}/{m['ece']:.3f}" for s, m in per.items()]
+        print(f"  {shift:<15} " + "  ".join(cells))
+    mean = result.mean_over_shifts()
+    print(f"  mean over shifts and severities: accuracy {mean['accuracy']:.4f}, "
+          f"NLL {mean['nll']:.4f}, ECE {mean['ece']:.4f}")  # fmt: skip
+    print(f"wrote {args.run_dir / 'shift.json'}, shift.png and the group 'shift' of tree.nc")

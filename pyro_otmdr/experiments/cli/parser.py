@@ -1,0 +1,243 @@
+"""The ``otmdr`` argument parser: flags, value types, and the errors a command may raise.
+
+It imports only the standard library and :mod:`..names`, so ``otmdr --help`` and a bad flag answer
+at once; each command's module, with torch and Pyro, is imported only when the command runs.
+
+Usage::
+
+    args = build_parser().parse_args(["train", "--guide", "delta", "--epochs", "5"])
+    args.command, args.guide     # ('train', 'delta')
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..names import (
+    DATASET_NAMES,
+    DEFAULT_RHO,
+    GUIDES,
+    METHODS,
+    MODEL_NAMES,
+    OPTIMIZERS,
+    SCHEDULES,
+    SHIFT_NAMES,
+    THREAT_NAMES,
+)
+
+__all__ = ["RunError", "UsageError", "build_parser"]
+
+
+class UsageError(Exception):
+    """A bad combination of arguments found after parsing (exit status 2, like argparse)."""
+
+
+class RunError(Exception):
+    """A run directory that cannot be loaded (exit status 1)."""
+
+
+def name_list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of names from ``allowed``."""
+
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        bad = [name for name in names if name not in allowed]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {','.join(bad) or repr(text)} "
+                f"(choose from {', '.join(map(repr, allowed))})"
+            )
+        return names
+
+    return parse
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive ints like 128 or 256,256: {text!r}")
+    return sizes
+
+
+def _severities(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        values = ()
+    if not values or not set(values) <= {1, 2, 3, 4, 5}:
+        raise argparse.ArgumentTypeError(f"expected severities in 1..5 like 1,3,5: {text!r}")
+    return values
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """An argparse type: comma-separated numbers, each finite and > 0."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {text!r}"
+        ) from None
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"every value must be a number > 0, got {text!r}")
+    return values
+
+
+def positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: an ``int`` or ``float`` > 0."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not value > 0 or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    return positive(float)(text) if text.strip() not in ("0", "0.0") else 0.0
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), help="where to run (default: cuda when available)"
+    )
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, grid: bool) -> None:
+    """The flags of one run; ``grid`` leaves out guide, method and seed (compare's own)."""
+    pos_int, pos_float = positive(int), positive(float)
+    data = parser.add_argument_group("data and model")
+    data.add_argument("--dataset", choices=DATASET_NAMES, default="digits")
+    data.add_argument("--data-dir", help="folder holding the CIFAR archive (default ./data)")
+    data.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR")
+    data.add_argument("--val-size", type=int, default=0, help="CIFAR images held out for val")
+    data.add_argument("--model", choices=MODEL_NAMES, default="mlp")
+    data.add_argument("--hidden", type=_int_list, default=(128,), help="mlp sizes, e.g. 256,256")
+    data.add_argument("--width", type=pos_int, help="first-stage channels of cnn/resnet10/18")
+    data.add_argument("--prior-scale", type=pos_float, default=1.0, help="N(0, s^2) prior")
+    method = parser.add_argument_group("method")
+    rho_defaults = ", ".join(f"{g} {r}" for g, r in DEFAULT_RHO.items())
+    if grid:
+        method.add_argument(
+            "--rho",
+            type=float_list,
+            help="first radii, e.g. 0.01,0.02,0.05: with several, the one with the lowest "
+            f"validation NLL is chosen per guide and method (default: {rho_defaults})",
+        )
+    else:
+        method.add_argument("--guide", choices=GUIDES, default="normal")
+        method.add_argument("--method", choices=METHODS, default="otmdr")
+        method.add_argument("--rho", type=pos_float, help=f"first radius ({rho_defaults})")
+    method.add_argument("--rho2", type=pos_float, help="second radius (default 2 * rho)")
+    method.add_argument("--particles", type=pos_int, default=1, help="OT-MDR particles K")
+    method.add_argument("--noise", type=_non_negative_float, default=0.0, help="ascent noise std")
+    method.add_argument("--members", type=pos_int, default=5, help="ensemble members")
+    method.add_argument("--init-scale", type=pos_float, default=1e-3, help="AutoNormal's scales")
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--epochs", type=pos_int, default=30)
+    opt.add_argument("--batch-size", type=pos_int, default=128)
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    opt.add_argument("--lr", type=pos_float, help="default 0.01 (adam), 0.1 (sgd, per example)")
+    opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    opt.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="per-epoch lr")
+    run = parser.add_argument_group("run")
+    if not grid:
+        run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--num-samples", type=pos_int, default=32, help="AutoNormal test draws")
+    _add_device(run)
+    run.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+
+
+def _add_shift_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shift",
+        type=name_list(SHIFT_NAMES),
+        help=f"comma-separated distribution shifts from {', '.join(SHIFT_NAMES)}",
+    )
+    parser.add_argument(
+        "--severity", type=_severities, default=(1, 2, 3, 4, 5), help="shift severities (1..5)"
+    )
+
+
+def _train_parser(commands: Any) -> None:
+    train = commands.add_parser("train", help="train one run and write a run directory")
+    _add_run_flags(train, grid=False)
+    train.add_argument("--out", type=Path, help="run directory (default runs/DATASET-GUIDE-METHOD)")
+    train.add_argument("--quiet", action="store_true", help="no per-epoch lines, no progress bar")
+    train.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue the run saved in RUN_DIR (its config.json; other run flags are ignored)",
+    )
+    train.set_defaults(module="train")
+
+
+def _evaluate_parser(commands: Any) -> None:
+    evaluate = commands.add_parser("evaluate", help="evaluate a run directory again")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument("--split", choices=("test", "val"), default="test")
+    evaluate.add_argument("--ood", help=f"OOD inputs: one of {', '.join(DATASET_NAMES)}")
+    evaluate.add_argument("--num-samples", type=positive(int), help="AutoNormal draws")
+    _add_shift_flags(evaluate)
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(evaluate)
+    evaluate.set_defaults(module="evaluate")
+
+
+def _attack_parser(commands: Any) -> None:
+    attack = commands.add_parser("attack", help="robust accuracy of a run under attacks")
+    attack.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    attack.add_argument(
+        "--threat",
+        type=name_list(THREAT_NAMES),
+        default=["w2-linf", "linf"],
+        help=f"comma-separated threats from {', '.join(THREAT_NAMES)} (default w2-linf,linf)",
+    )
+    attack.add_argument(
+        "--budget",
+        type=float_list,
+        default=(0.02, 0.05, 0.1),
+        help="comma-separated budgets in units of the [0, 1] input box (default 0.02,0.05,0.1)",
+    )
+    attack.add_argument("--num-samples", type=positive(int), help="AutoNormal draws")
+    attack.add_argument("--steps", type=positive(int), default=50, help="iterates per attack")
+    attack.add_argument("--split", choices=("test", "val"), default="test")
+    attack.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(attack)
+    attack.set_defaults(module="attack")
+
+
+def _compare_parser(commands: Any) -> None:
+    compare = commands.add_parser("compare", help="train guides x methods x seeds, tabulate")
+    compare.add_argument("--guides", type=name_list(GUIDES), default=list(GUIDES))
+    compare.add_argument("--methods", type=name_list(METHODS), default=list(METHODS))
+    compare.add_argument("--seeds", type=positive(int), default=5, help="seeds 0..N-1")
+    _add_run_flags(compare, grid=True)
+    _add_shift_flags(compare)
+    compare.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
+    compare.add_argument("--quiet", action="store_true", help="no progress bar, no run lines")
+    compare.set_defaults(module="compare")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``otmdr`` parser: ``train``, ``evaluate``, ``attack`` and ``compare`` commands."""
+    parser = argparse.ArgumentParser(
+        prog="otmdr", description="OT-MDR, SAM and plain SVI for Pyro classifiers."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_train_parser, _evaluate_parser, _attack_parser, _compare_parser):
+        add(commands)
+    return parser

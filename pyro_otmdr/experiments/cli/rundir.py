@@ -1,0 +1,184 @@
+"""Run directories: the config from the flags, checkpoints, loading a run back, JSON and trees.
+
+Every command that touches a run directory goes through here, so a run is written and read the
+same way by ``train``, ``evaluate``, ``attack`` and ``compare``.
+
+Usage::
+
+    experiment, checkpoint = load_run(Path("runs/demo"), device="cpu")
+    write_json(Path("runs/demo/extra.json"), {"epoch": checkpoint.epoch})
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from ...evaluation import EvaluationResult
+from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from ..config import Experiment, ExperimentConfig, build_experiment, warm_up
+from .parser import RunError, UsageError
+
+__all__ = [
+    "DEFAULT_LR",
+    "add_to_tree",
+    "config_from_args",
+    "environment",
+    "load_run",
+    "mean_step_ms",
+    "print_metrics",
+    "resolve_device",
+    "save_run_checkpoint",
+    "write_evaluation",
+    "write_json",
+]
+
+DEFAULT_LR = {"adam": 1e-2, "sgd": 0.1}
+
+
+def resolve_device(device: str | None) -> str:
+    """``--device``: ``cuda`` when available if not given; a usage error for CUDA without one."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available here; use --device cpu")
+    return device
+
+
+def config_from_args(args: argparse.Namespace, **grid: Any) -> ExperimentConfig:
+    """The resolved :class:`ExperimentConfig` of the run flags, with ``grid`` values on top."""
+    values = dict(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        download=args.download,
+        val_size=args.val_size,
+        model=args.model,
+        hidden=args.hidden,
+        width=args.width,
+        rho=args.rho,
+        rho2=args.rho2,
+        n_particles=args.particles,
+        noise_std=args.noise,
+        num_members=args.members,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr if args.lr is not None else DEFAULT_LR[args.optimizer],
+        momentum=args.momentum,
+        schedule=args.schedule,
+        prior_scale=args.prior_scale,
+        init_scale=args.init_scale,
+        num_samples=args.num_samples,
+        device=resolve_device(args.device),
+        num_workers=args.workers,
+    )
+    values.update(grid)
+    try:
+        return ExperimentConfig(**values).resolved()
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def write_json(path: Path, value: Any) -> None:
+    """``value`` as indented JSON at ``path`` (NaN allowed)."""
+    path.write_text(json.dumps(value, indent=2, allow_nan=True) + "\n")
+
+
+def save_run_checkpoint(
+    path: Path, experiment: Experiment, epoch: int, step: int, history: list[dict]
+) -> None:
+    """Write the training state atomically with :func:`~pyro_otmdr.save_checkpoint`.
+
+    Besides the param store, optimiser, loss generators and RNG states it keeps the config, the
+    history so far and the model's buffers (BatchNorm statistics) as ``extra``.
+    """
+    buffers = {name: value.detach() for name, value in experiment.model.named_buffers()}
+    extra = {"config": experiment.config.to_dict(), "history": history, "model_buffers": buffers}
+    save_checkpoint(
+        path, optim=experiment.optim, loss=experiment.loss, epoch=epoch, step=step, extra=extra
+    )
+
+
+def load_run(run_dir: Path, device: str | None) -> tuple[Experiment, Checkpoint]:
+    """Rebuild a run from ``config.json`` and load ``checkpoint.pt`` into it."""
+    device = resolve_device(device)
+    config_path, checkpoint_path = run_dir / "config.json", run_dir / "checkpoint.pt"
+    for path in (config_path, checkpoint_path):
+        if not path.is_file():
+            raise UsageError(f"{run_dir} is not a run directory of 'otmdr train': no {path.name}")
+    try:
+        config = ExperimentConfig.from_dict(json.loads(config_path.read_text()))
+    except ValueError as err:
+        raise RunError(f"{config_path}: {err}") from None
+    experiment = build_experiment(replace(config, device=device))
+    warm_up(experiment)  # the guide builds its parameters (and draws from the RNG) before loading
+    try:
+        checkpoint = load_checkpoint(
+            checkpoint_path, optim=experiment.optim, loss=experiment.loss, map_location=device
+        )
+    except CheckpointError as err:
+        raise RunError(str(err)) from None
+    buffers = checkpoint.extra["model_buffers"]
+    experiment.model.load_state_dict({k: v.to(device) for k, v in buffers.items()}, strict=False)
+    return experiment, checkpoint
+
+
+def environment() -> dict[str, str]:
+    """The command line and the versions, for the JSON a command writes."""
+    return {
+        "command": " ".join(["otmdr", *sys.argv[1:]]),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "pyro_otmdr": version("pyro-otmdr"),
+    }
+
+
+def write_evaluation(
+    out: Path, name: str, suffix: str, result: EvaluationResult, extra: dict
+) -> None:
+    """``<name><suffix>.json`` with the metrics, ``calibration<suffix>.png`` and its PAV plot."""
+    write_json(out / f"{name}{suffix}.json", {**extra, "metrics": result.metrics})
+    result.plot_calibration(out / f"calibration{suffix}.png")
+
+
+def print_metrics(metrics: dict[str, float]) -> None:
+    """One indented line per metric."""
+    for name, value in metrics.items():
+        print(f"  {name:<12} {value:.4f}")
+
+
+def mean_step_ms(history: Sequence[dict]) -> float:
+    """Mean step time over the run, each epoch weighted by its number of steps."""
+    timed = [r for r in history if not math.isnan(r["step_ms"])]
+    return statistics.fmean([r["step_ms"] for r in timed], weights=[r["steps"] for r in timed])
+
+
+def add_to_tree(path: Path, dataset: Any, group: str) -> None:
+    """Rewrite the run's ArviZ ``tree.nc`` with ``dataset`` as its group ``group``.
+
+    The new tree goes to a temporary file that replaces the old one only once it is complete, so
+    a failed write leaves the old ``tree.nc`` as it was.
+    """
+    import xarray as xr
+
+    with xr.open_datatree(path) as tree:
+        tree = tree.load()
+    tree[group] = xr.DataTree(dataset)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        tree.to_netcdf(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
