@@ -24,8 +24,9 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -453,9 +454,7 @@ def evaluate_experiment(
     val = {}
     if split == "test" and experiment.splits.val is not None:
         val = dict(zip(("x_val", "y_val"), experiment.split_tensors("val"), strict=True))
-    experiment.model.eval()
-    pyro.set_rng_seed(experiment.config.seed)
-    try:
+    with _seeded_eval(experiment):
         return evaluate(
             experiment.model,
             experiment.guide,
@@ -465,6 +464,15 @@ def evaluate_experiment(
             x_ood=x_ood,
             **val,
         )
+
+
+@contextlib.contextmanager
+def _seeded_eval(experiment: Experiment) -> Iterator[None]:
+    """The model in eval mode and the RNG seeded with ``config.seed``; train mode after."""
+    experiment.model.eval()
+    pyro.set_rng_seed(experiment.config.seed)
+    try:
+        yield
     finally:
         experiment.model.train()
 
@@ -485,9 +493,7 @@ def attack_experiment(
     """
     _check_choice("split", split, ("val", "test"))
     x, y = experiment.split_tensors(split, on_device=True)
-    experiment.model.eval()
-    pyro.set_rng_seed(experiment.config.seed)
-    try:
+    with _seeded_eval(experiment):
         return robustness(
             experiment.model,
             experiment.guide,
@@ -499,8 +505,6 @@ def attack_experiment(
             steps=steps,
             progress=progress,
         )
-    finally:
-        experiment.model.train()
 
 
 def shift_experiment(
@@ -519,9 +523,7 @@ def shift_experiment(
     """
     _check_choice("split", split, ("val", "test"))
     x, y = experiment.split_tensors(split, on_device=True)
-    experiment.model.eval()
-    pyro.set_rng_seed(experiment.config.seed)
-    try:
+    with _seeded_eval(experiment):
         return evaluate_shift(
             experiment.model,
             experiment.guide,
@@ -533,8 +535,6 @@ def shift_experiment(
             progress=progress,
             num_samples=num_samples or experiment.config.num_samples,
         )
-    finally:
-        experiment.model.train()
 
 
 def ood_inputs(experiment: Experiment, name: str) -> torch.Tensor:
