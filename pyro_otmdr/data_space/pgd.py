@@ -128,12 +128,12 @@ def pgd(
         run = functools.partial(
             loss_pass, predict, y=labels, loss_fn=loss_fn, batch_size=batch_size
         )
-        grads, correct, losses = run(x0, need_grad=True)
+        clean_grads, correct, losses = run(x0, need_grad=True)
         worst = _Worst(x0, correct, losses)
         clean = (float(correct.double().mean()), float(losses.mean()))
         accuracies, means = [], []
         for _ in range(restarts):
-            x_t = x0
+            x_t, grads = x0, clean_grads
             if random_start:
                 x_t = (x0 + _random_start(x0, eps, s)).clamp(low, high)
                 grads, correct, losses = run(x_t, need_grad=True)

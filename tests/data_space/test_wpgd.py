@@ -239,3 +239,11 @@ def test_w2_robust_accuracy_is_at_most_pointwise_on_a_trained_network():
         assert w2.clean_accuracy > 0.85
         assert pointwise.robust_accuracy < w2.clean_accuracy
         assert w2.robust_accuracy <= pointwise.robust_accuracy
+
+
+def test_pgd_restarts_without_random_start_repeat_the_same_run():
+    net, x, y = linear_problem()  # a later restart starts again from x with x's gradient
+    one = pgd(net, x, y, eps=0.05, steps=3, random_start=False)
+    three = pgd(net, x, y, eps=0.05, steps=3, random_start=False, restarts=3)
+    assert three.accuracies == one.accuracies + [one.robust_accuracy] * 6  # running minimum
+    assert torch.equal(three.x_adv, one.x_adv)
