@@ -6,6 +6,8 @@
 * :mod:`.pgd`: :func:`pgd`, pointwise PGD (Madry et al.);
 * :mod:`.sensitivity`: :func:`w_sensitivity`, the first-order robustness figure ``Upsilon``;
 * :mod:`.result`: :class:`AttackResult`;
+* :mod:`.armor`: ``armor_kl``, the ARMOR_D (KL) dual of per-example losses, the functional core
+  of the robust training losses to come;
 * :mod:`.common`: the chores shared by the attacks (checks, eval mode, gradient passes).
 
 This layer imports only :mod:`pyro_otmdr.bayes` from the package.
