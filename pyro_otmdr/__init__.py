@@ -10,10 +10,14 @@ Usage::
 
 The package is layered; each subpackage imports only those listed before it:
 :mod:`.bayes` (the Pyro layer), :mod:`.model_space` (OT-MDR and SAM), :mod:`.data_space`
-(attacks), :mod:`.evaluation`, :mod:`.experiments`. The top-level modules ``bayesian``, ``data``,
-``models``, ``metrics``, ``checkpoint``, ``optim``, ``training``, ``distributed`` and ``attacks``
-are stable import paths that re-export them. :func:`robustness` reports clean and robust
-accuracy of a classifier under Wasserstein and pointwise attacks.
+(attacks and data-robust losses), :mod:`.evaluation`, :mod:`.experiments`. The top-level
+modules ``bayesian``, ``data``, ``models``, ``metrics``, ``checkpoint``, ``optim``, ``training``,
+``distributed`` and ``attacks`` are stable import paths that re-export them.
+
+:func:`robustness` reports clean and robust accuracy of a classifier under Wasserstein and
+pointwise attacks; :class:`AdversarialTraining`, :class:`TRADES`, :class:`WDAT` and
+:class:`ARMOR` train against them, alone or inside
+``OTMDR(...)`` so that one step is robust in model space and data space.
 
 Public names load lazily (PEP 562): ``import pyro_otmdr`` imports no torch or Pyro until a name is
 used, so the ``otmdr`` command answers ``--help`` at once. ``__all__``, ``dir()`` and type
@@ -38,6 +42,10 @@ _HOMES = {
     "SharpnessAwareStep": "model_space",
     "StepInfo": "model_space",
     "perturbed_by_default": "model_space",
+    "AdversarialTraining": "data_space",
+    "TRADES": "data_space",
+    "WDAT": "data_space",
+    "ARMOR": "data_space",
     "EvaluationResult": "evaluation",
     "RobustnessReport": "evaluation",
     "evaluate": "evaluation",
@@ -48,9 +56,13 @@ _HOMES = {
 }
 
 __all__ = [
+    "ARMOR",
     "DEFAULT_NOISE_STD",
     "OTMDR",
     "SAM",
+    "TRADES",
+    "WDAT",
+    "AdversarialTraining",
     "AutoDeltaEnsemble",
     "CheckpointError",
     "EnsembleELBO",
@@ -84,6 +96,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .bayes import AutoDeltaEnsemble, EnsembleELBO
+    from .data_space import ARMOR, TRADES, WDAT, AdversarialTraining
     from .evaluation import EvaluationResult, RobustnessReport, evaluate, robustness
     from .experiments.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from .model_space import (

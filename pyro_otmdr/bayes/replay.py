@@ -33,9 +33,11 @@ __all__ = [
     "categorical_of",
     "draw_kind",
     "guide_device",
+    "guide_latents",
     "latent_values",
     "seeded_rng",
     "site_log_probs",
+    "trace_latents",
 ]
 
 
@@ -90,20 +92,30 @@ def latent_values(
     elif kind == "ensemble":
         values = guide.member_values(index, x)
     else:
-        trace = poutine.trace(guide).get_trace(x)
-        values = {
-            name: node["value"]
-            for name, node in trace.nodes.items()
-            if node["type"] == "sample"
-            and not node["is_observed"]
-            and not site_is_subsample(node)
-            and not node["infer"].get("is_auxiliary", False)
-        }
+        values = guide_latents(guide, (x,), {})
     if not isinstance(values, dict):
         raise ValueError(
             f"the guide must give a dict of latent values, got {type(values).__name__}"
         )
     return values
+
+
+def trace_latents(trace: poutine.Trace) -> dict[str, torch.Tensor]:
+    """The latent values of a trace: sample sites that are not observed, subsample indices or
+    auxiliary (an ``AutoDiagonalNormal``'s packed vector)."""
+    return {
+        name: node["value"]
+        for name, node in trace.nodes.items()
+        if node["type"] == "sample"
+        and not node["is_observed"]
+        and not site_is_subsample(node)
+        and not node["infer"].get("is_auxiliary", False)
+    }
+
+
+def guide_latents(guide: Callable, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
+    """One draw of the guide's latent values for the model arguments ``(args, kwargs)``."""
+    return trace_latents(poutine.trace(guide).get_trace(*args, **kwargs))
 
 
 def categorical_of(fn: Any, site: str) -> torch.distributions.Categorical:

@@ -6,11 +6,16 @@
 * :mod:`.pgd`: :func:`pgd`, pointwise PGD (Madry et al.);
 * :mod:`.sensitivity`: :func:`w_sensitivity`, the first-order robustness figure ``Upsilon``;
 * :mod:`.result`: :class:`AttackResult`;
-* :mod:`.armor`: ``armor_kl``, the ARMOR_D (KL) dual of per-example losses, the functional core
-  of the robust training losses to come;
+* :mod:`.armor`: :func:`armor_kl`, the ARMOR_D (KL) dual of per-example losses;
+* :mod:`.inner`: the lean inner maximisations of adversarial training;
+* :mod:`.objectives`: the training methods in torch terms (attack, then loss on logits), also
+  losses for a plain ``nn.Module``: :class:`AdversarialLoss`, :class:`TradesLoss`,
+  :class:`WdatLoss`, :class:`ArmorLoss`;
+* :mod:`.elbo`: the same as Pyro losses wrapping any ELBO: :class:`AdversarialTraining`,
+  :class:`TRADES`, :class:`WDAT`, :class:`ARMOR`, composable with ``OTMDR``;
 * :mod:`.common`: the chores shared by the attacks (checks, eval mode, gradient passes).
 
-This layer imports only :mod:`pyro_otmdr.bayes` from the package.
+This layer imports :mod:`pyro_otmdr.bayes` and :mod:`pyro_otmdr.model_space` from the package.
 
 Usage::
 
@@ -19,8 +24,18 @@ Usage::
     result = w_pgd(posterior_predictive(model, guide), x, y, delta=0.05)
 """
 
+from .armor import ArmorDual, armor_kl
 from .common import COSTS, w_distance
+from .elbo import ARMOR, TRADES, WDAT, AdversarialTraining, DataRobustELBO
 from .losses import LOSSES, ce, dlr, redlr
+from .objectives import (
+    AdversarialLoss,
+    ArmorLoss,
+    RobustObjective,
+    TradesLoss,
+    WdatLoss,
+    kl_to_clean,
+)
 from .pgd import pgd
 from .predictors import PosteriorPredictive, posterior_predictive
 from .result import AttackResult
@@ -28,13 +43,26 @@ from .sensitivity import Sensitivity, w_sensitivity
 from .wpgd import w_fgsm, w_pgd
 
 __all__ = [
+    "ARMOR",
     "COSTS",
     "LOSSES",
+    "TRADES",
+    "WDAT",
+    "AdversarialLoss",
+    "AdversarialTraining",
+    "ArmorDual",
+    "ArmorLoss",
     "AttackResult",
+    "DataRobustELBO",
     "PosteriorPredictive",
+    "RobustObjective",
     "Sensitivity",
+    "TradesLoss",
+    "WdatLoss",
+    "armor_kl",
     "ce",
     "dlr",
+    "kl_to_clean",
     "pgd",
     "posterior_predictive",
     "redlr",

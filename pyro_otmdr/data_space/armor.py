@@ -12,7 +12,7 @@ and then held fixed: by Danskin's theorem the gradient of the dual at that ``lam
 gradient of the infimum, and it re-weights the examples by ``softmax(L_i / tau - c_i)``. At an
 interior optimum with ``c = 0`` the weights are exactly ``budget`` away from uniform in KL.
 ``kappa`` floors the temperature: the weights are never sharper than ``softmax(L / kappa)``.
-This module is the functional core; the Pyro losses that use it are future work (issue 10).
+This module is the functional core of :class:`~.objectives.ArmorLoss` and the Pyro loss ``ARMOR``.
 
 Usage::
 

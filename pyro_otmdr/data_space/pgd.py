@@ -38,10 +38,10 @@ from .losses import get_loss
 from .result import AttackResult
 from .wpgd import direction, project
 
-__all__ = ["pgd"]
+__all__ = ["pgd", "project_to_ball", "uniform_in_ball"]
 
 
-def _random_start(x0: torch.Tensor, eps: float, s: float) -> torch.Tensor:
+def uniform_in_ball(x0: torch.Tensor, eps: float, s: float) -> torch.Tensor:
     """A uniform random move in the linf ball (``s = 1``) or the l2 ball (``s = 2``)."""
     if s == 1.0:
         return torch.empty_like(x0).uniform_(-eps, eps)
@@ -52,7 +52,8 @@ def _random_start(x0: torch.Tensor, eps: float, s: float) -> torch.Tensor:
     return normal / point_norms(normal, 2.0).clamp_min(1e-12).reshape(view) * radius.reshape(view)
 
 
-def _project_ball(moves: torch.Tensor, eps: float, s: float) -> torch.Tensor:
+def project_to_ball(moves: torch.Tensor, eps: float, s: float) -> torch.Tensor:
+    """Every example's move clipped (linf, ``s = 1``) or shrunk (l2) into its ``eps``-ball."""
     if s == 1.0:
         return project(moves, delta=eps, q=1.0, s=1.0)
     view = (-1, *([1] * (moves.dim() - 1)))
@@ -135,12 +136,12 @@ def pgd(
         for _ in range(restarts):
             x_t, grads = x0, clean_grads
             if random_start:
-                x_t = (x0 + _random_start(x0, eps, s)).clamp(low, high)
+                x_t = (x0 + uniform_in_ball(x0, eps, s)).clamp(low, high)
                 grads, correct, losses = run(x_t, need_grad=True)
                 worst.update(x_t, correct, losses)
             for t in range(1, steps + 1):
                 moves = x_t + alpha * direction(grads, q=1.0, s=s) - x0
-                x_t = (x0 + _project_ball(moves, eps, s)).clamp(low, high)
+                x_t = (x0 + project_to_ball(moves, eps, s)).clamp(low, high)
                 grads, correct, losses = run(x_t, need_grad=t < steps)
                 worst.update(x_t, correct, losses)
                 accuracies.append(worst.accuracy())

@@ -48,7 +48,16 @@ from .reparam_noise import FixedReparamNoise
 from .step import NonFiniteLossError, ParamGroups, SharpnessAwareStep, StepInfo
 from .subsampling import PlateScaling
 
-__all__ = ["DEFAULT_NOISE_STD", "OTMDR", "SAM", "NonFiniteLossError", "StepInfo"]
+__all__ = [
+    "DEFAULT_NOISE_STD",
+    "OTMDR",
+    "SAM",
+    "NonFiniteLossError",
+    "StepInfo",
+    "check_wrappable",
+    "per_example_mean",
+    "prepared_batch",
+]
 
 DEFAULT_NOISE_STD = 0.0
 """Default standard deviation of the noise added after each ascent move (see the README)."""
@@ -59,6 +68,41 @@ _JIT_ELBOS = (
     JitTraceGraph_ELBO,
     JitTraceMeanField_ELBO,
 )
+
+
+def check_wrappable(wrapper: str, elbo: Any) -> None:
+    """``TypeError`` unless ``elbo`` is a non-jit :class:`pyro.infer.ELBO` that ``wrapper`` can
+    evaluate on batches of several shapes with the guide's noise fixed per step."""
+    if not isinstance(elbo, ELBO):
+        raise TypeError(
+            f"{wrapper} expects a pyro.infer.ELBO to wrap (e.g. Trace_ELBO()), got "
+            f"{type(elbo).__name__}"
+        )
+    if isinstance(elbo, _JIT_ELBOS):
+        raise TypeError(
+            f"{type(elbo).__name__} compiles the loss once for one batch shape and bakes the "
+            f"guide's noise into the compiled graph, but {wrapper} evaluates it on several "
+            "batches with the noise fixed per step: wrap the non-jit version "
+            f"({type(elbo).__name__.removeprefix('Jit')}) instead"
+        )
+
+
+def prepared_batch(elbo: Any, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Batch:
+    """The batch as the wrapped loss prepares it once per step, before the passes.
+
+    A wrapped loss may define ``prepare_step(model, guide, args, kwargs) -> (args, kwargs)``,
+    called with the step's guide at the unperturbed parameters: the data-robust losses attack
+    there, once, and return the batch carrying the adversarial inputs (as an argument with the
+    batch's leading dimension, so that the halves get their rows).
+    """
+    prepare = getattr(elbo, "prepare_step", None)
+    return (args, kwargs) if prepare is None else prepare(model, guide, args, kwargs)
+
+
+def per_example_mean(elbo: Any) -> bool:
+    """Whether the wrapped loss of a batch is a mean over its examples (plate idiom aside): a
+    loss may say it is not (``per_example_mean = False``, ARMOR's dual couples the examples)."""
+    return bool(getattr(elbo, "per_example_mean", True))
 
 
 class OTMDR(ELBO):
@@ -103,17 +147,7 @@ class OTMDR(ELBO):
         self.split_batch = split_batch or split_in_halves
 
     def _init(self, elbo: ELBO, engine: SharpnessAwareStep, perturb: PerturbRule | None) -> None:
-        if not isinstance(elbo, ELBO):
-            raise TypeError(
-                f"expected a pyro.infer.ELBO to wrap (e.g. Trace_ELBO()), got {type(elbo).__name__}"
-            )
-        if isinstance(elbo, _JIT_ELBOS):
-            raise TypeError(
-                f"{type(elbo).__name__} compiles the loss once for one batch shape and bakes the "
-                "guide's noise into the compiled graph, but a sharpness-aware step evaluates it on "
-                "half batches and the whole batch with noise fixed per step: wrap the non-jit "
-                f"version ({type(elbo).__name__.removeprefix('Jit')}) instead"
-            )
+        check_wrappable(type(self).__name__, elbo)
         super().__init__()
         self.elbo = elbo
         self.engine = engine
@@ -170,6 +204,7 @@ class OTMDR(ELBO):
         """One step for one point estimate or Gaussian guide (an ensemble member)."""
         reparam_noise = FixedReparamNoise()
         fixed_guide = reparam_noise(guide)
+        args, kwargs = prepared_batch(self.elbo, model, fixed_guide, args, kwargs)
         params = ParamGroups()
         scaling: list[PlateScaling] = []
 
@@ -183,7 +218,8 @@ class OTMDR(ELBO):
                 return self.elbo.loss_and_grads(model, fixed_guide, *args, **kwargs)
 
         def mean_over_examples() -> bool:
-            return self.split_batch is split_in_halves and scaling[0].holds
+            halves = self.split_batch is split_in_halves
+            return halves and scaling[0].holds and per_example_mean(self.elbo)
 
         info = self.engine.run(
             evaluate,

@@ -39,7 +39,7 @@ from torch import nn
 
 from .batching import Batch, BatchSplitter, batch_size_of, split_in_halves
 from .core import global_norm
-from .elbo import DEFAULT_NOISE_STD
+from .elbo import DEFAULT_NOISE_STD, per_example_mean, prepared_batch
 from .perturbation import PerturbRule, perturbed_by_default
 from .reparam_noise import FixedReparamNoise
 from .step import ParamGroups, SharpnessAwareStep, StepInfo, grads_of
@@ -195,13 +195,18 @@ class OTMDROptimizer(torch.optim.Optimizer):
         scaling: list[PlateScaling] = []  # the first pass's, when the batch is split in halves
         try:
             with FixedReparamNoise():  # a Pyro guide's noise is fixed for the step
+                elbo = getattr(closure, "elbo", None)  # an ELBOModule's loss
+                if elbo is not None:
+                    args, kwargs = prepared_batch(elbo, closure.model, closure.guide, args, kwargs)
                 info = self.engine.run(
                     self._evaluator(closure, scaling),
                     (args, kwargs),
                     self._ascent_batches,
                     params,
                     ascent_context=self._no_sync,
-                    mean_over_examples=lambda: bool(scaling) and scaling[0].holds,
+                    mean_over_examples=lambda: (
+                        bool(scaling) and scaling[0].holds and per_example_mean(elbo)
+                    ),
                 )
         except _GradientOverflow:
             self._back_off()

@@ -1,0 +1,371 @@
+"""Data-robust training objectives in torch terms: an attack, then a loss on two sets of logits.
+
+Each objective is one training method, split into the two halves every front end needs:
+
+* ``adversarial(predict, x, y) -> x_adv``: the inner maximisation at fixed weights (callers put
+  the network in eval mode; no parameter gets a gradient);
+* ``losses(clean_logits, adv_logits, y) -> (B,)``: the robust loss, one entry per example, whose
+  mean is the objective (for ARMOR, which couples the examples, every entry carries the batch's
+  dual: ``per_example_mean`` is then ``False``).
+
+The methods (DATA_SPACE.md B, C, D):
+
+* :class:`AdversarialLoss`: Madry's PGD adversarial training, CE at ``x_adv`` (``mix`` blends in
+  the clean CE);
+* :class:`TradesLoss`: ``CE(x) + beta * KL(p(x) || p(x'))``, ``x'`` from a KL ascent in the
+  ``eps``-ball;
+* :class:`WdatLoss`: TRADES whose inner ascent is W-PGD over the batch within ``W_2 <= delta_B``,
+  ``delta_B = delta * Upsilon_B / Upsilon_hat`` (a reconstruction, see the class);
+* :class:`ArmorLoss`: ARMOR_D with the KL divergence, the batch's losses at the transported
+  inputs re-weighted within a KL budget (:func:`~.armor.armor_kl`).
+
+Called on a plain ``nn.Module``, an objective is a training loss (attack in eval mode, then the
+forward passes in the module's own mode)::
+
+    loss_fn = TradesLoss(eps=0.1, beta=6.0)
+    loss = loss_fn(net, x, y)            # a scalar, ready for .backward()
+
+The Pyro losses of :mod:`.elbo` put the same objectives in place of an ELBO's likelihood.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .armor import ArmorDual, armor_kl
+from .common import attack_mode, check_choice, check_inputs, check_positive, dual_exponent
+from .inner import ball_ascent, batch_sensitivity, w_ball_ascent
+from .losses import ce
+
+__all__ = [
+    "AdversarialLoss",
+    "ArmorLoss",
+    "RobustObjective",
+    "TradesLoss",
+    "WdatLoss",
+    "kl_to_clean",
+]
+
+Predict = Callable[[torch.Tensor], torch.Tensor]
+
+DEFAULT_EPS = 8 / 255
+"""The linf radius of the reference scripts (Madry CIFAR-10, TRADES' 0.031, ARMOR's 0.031)."""
+
+
+def kl_to_clean(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
+    """``KL(softmax(clean) || softmax(adv))`` per example, ``(B,)``: TRADES' direction.
+
+    Usage::
+
+        kl_to_clean(net(x), net(x_adv)).mean()
+    """
+    clean = F.log_softmax(clean_logits, dim=-1)
+    return (clean.exp() * (clean - F.log_softmax(adv_logits, dim=-1))).sum(-1)
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+def _check_non_negative(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+class RobustObjective:
+    """What the data-robust objectives share: the ball, the steps, the box and the checks.
+
+    :param eps: the radius of every example's ball (linf or l2 cost, in the box's units).
+    :param steps: ascent steps of the inner maximisation (10 in the reference scripts).
+    :param step_size: default ``eps / 4`` (Madry's 2/255 for 8/255, TRADES' 0.007 for 0.031).
+    :param norm: the cost, ``"linf"`` or ``"l2"``.
+    :param box: the inputs' box; every adversarial input is clamped to it.
+    """
+
+    #: whether ``losses`` needs the clean logits (else it is called with ``None``).
+    needs_clean = True
+    #: whether the objective of a batch is the mean of per-example terms (not so for ARMOR).
+    per_example_mean = True
+
+    def __init__(
+        self,
+        *,
+        eps: float = DEFAULT_EPS,
+        steps: int = 10,
+        step_size: float | None = None,
+        norm: str = "linf",
+        box: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        check_positive("eps", eps)
+        check_positive("steps", steps, int)
+        step_size = eps / 4 if step_size is None else step_size
+        check_positive("step_size", step_size)
+        check_choice("norm", norm, ("linf", "l2"))
+        self.eps, self.steps, self.step_size, self.norm = float(eps), steps, float(step_size), norm
+        self.s = dual_exponent(norm)
+        self.box = (float(box[0]), float(box[1]))
+
+    def adversarial(self, predict: Predict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The adversarial inputs of the batch at the predictor's current weights."""
+        raise NotImplementedError
+
+    def losses(
+        self, clean_logits: torch.Tensor | None, adv_logits: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """The robust loss per example, ``(B,)``; its mean is the batch's objective."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        net: Predict,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_adv: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The mean robust loss of ``net`` on ``(x, y)``, attacking first unless ``x_adv`` is
+        given (e.g. made once per step before a sharpness-aware optimiser splits the batch)."""
+        if x_adv is None:
+            with attack_mode(net):
+                x_adv = self.adversarial(net, x, y)
+        clean = net(x) if self.needs_clean else None
+        return self.losses(clean, net(x_adv), y).mean()
+
+    def _check(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        check_inputs(x, y, self.box)
+
+    def _pgd(self, predict: Predict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Madry's inner loop: CE ascent from a uniform random point of the ball."""
+        return ball_ascent(
+            lambda z: ce(predict(z), y),
+            x,
+            eps=self.eps,
+            steps=self.steps,
+            step_size=self.step_size,
+            s=self.s,
+            start="uniform",
+            box=self.box,
+        )
+
+    def _trades_inner(self, predict: Predict, x: torch.Tensor) -> torch.Tensor:
+        """TRADES' inner loop: KL-to-clean ascent from ``x + 0.001 N(0, I)``."""
+        with torch.no_grad():
+            clean = predict(x)
+        return ball_ascent(
+            lambda z: kl_to_clean(clean, predict(z)),
+            x,
+            eps=self.eps,
+            steps=self.steps,
+            step_size=self.step_size,
+            s=self.s,
+            start="normal",
+            box=self.box,
+        )
+
+
+class AdversarialLoss(RobustObjective):
+    """PGD adversarial training (Madry et al., DATA_SPACE.md D1): CE at the PGD inputs.
+
+    :param mix: weight of the clean CE, ``(1 - mix) CE(x_adv) + mix CE(x)``; 0 (Madry) by default.
+
+    Other parameters as :class:`RobustObjective`. Usage::
+
+        loss = AdversarialLoss(eps=0.1)(net, x, y)
+    """
+
+    def __init__(self, *, mix: float = 0.0, **ball) -> None:
+        super().__init__(**ball)
+        _check_fraction("mix", mix)
+        self.mix = float(mix)
+        self.needs_clean = self.mix > 0
+
+    def adversarial(self, predict: Predict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._check(x, y)
+        return self._pgd(predict, x, y)
+
+    def losses(self, clean_logits, adv_logits, y):
+        adv = ce(adv_logits, y)
+        return (
+            adv if clean_logits is None else (1 - self.mix) * adv + self.mix * ce(clean_logits, y)
+        )
+
+
+class TradesLoss(RobustObjective):
+    """TRADES (Zhang et al., DATA_SPACE.md D2): ``CE(x) + beta * KL(p(x) || p(x'))`` per example.
+
+    :param beta: weight of the KL term (6, TRADES' CIFAR-10 value; ``beta = 0`` is plain CE).
+
+    Other parameters as :class:`RobustObjective`. Usage::
+
+        loss = TradesLoss(eps=0.1, beta=6.0)(net, x, y)
+    """
+
+    def __init__(self, *, beta: float = 6.0, **ball) -> None:
+        super().__init__(**ball)
+        _check_non_negative("beta", beta)
+        self.beta = float(beta)
+
+    def adversarial(self, predict: Predict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._check(x, y)
+        return self._trades_inner(predict, x)
+
+    def losses(self, clean_logits, adv_logits, y):
+        return ce(clean_logits, y) + self.beta * kl_to_clean(clean_logits, adv_logits)
+
+
+class WdatLoss(TradesLoss):
+    """Wasserstein distributional adversarial training (Bai, He, Jiang, Obloj 2025): TRADES in
+    a W2 ball. A RECONSTRUCTION: only the paper's abstract was available (DATA_SPACE.md B3, G1).
+
+    The inner ascent is W-PGD on the KL over the batch as one distribution (linf cost by
+    default), within the batch's share of the global budget,
+    ``delta_B = delta * Upsilon_B / Upsilon_hat``: ``Upsilon_B`` is the batch's first-order W2
+    sensitivity of the clean CE (:func:`~.inner.batch_sensitivity`) and ``Upsilon_hat^2`` an
+    exponential moving average of ``Upsilon_B^2`` over the batches seen (``decay``). With
+    ``Upsilon_hat`` the global sensitivity, equal batches' budgets average back to ``delta`` in
+    the W2 sense (``mean_B delta_B^2 = delta^2``). The rule, the decay, the CE for the budget and
+    the KL for the ascent are the reconstruction's choices, not confirmed by the paper.
+
+    :param delta: the W2 budget (the W-PGD evaluation's 8/255 by default).
+    :param beta: weight of the KL term.
+    :param steps: W-PGD steps, of ``step_ratio * delta_B / steps`` each.
+    :param step_ratio: 1.875, the attack's ratio (DATA_SPACE.md A3).
+    :param cost: ``"linf"`` or ``"l2"``, the cost of moving one input.
+    :param decay: of the moving average of ``Upsilon_B^2``, in [0, 1).
+
+    Usage::
+
+        loss = WdatLoss(delta=0.1)(net, x, y)
+        loss_fn.last_budget            # delta_B of the last batch
+    """
+
+    def __init__(
+        self,
+        *,
+        delta: float = DEFAULT_EPS,
+        beta: float = 6.0,
+        steps: int = 10,
+        step_ratio: float = 1.875,
+        cost: str = "linf",
+        decay: float = 0.9,
+        box: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        check_positive("delta", delta)
+        super().__init__(eps=delta, beta=beta, steps=steps, norm=cost, box=box)
+        check_positive("step_ratio", step_ratio)
+        if not (isinstance(decay, int | float) and 0.0 <= decay < 1.0):
+            raise ValueError(f"decay must be a number in [0, 1), got {decay!r}")
+        self.delta, self.step_ratio, self.decay = float(delta), float(step_ratio), float(decay)
+        self.upsilon_sq: torch.Tensor | None = None
+        self.last_budget: torch.Tensor | None = None
+
+    def budget(self, upsilon_b: torch.Tensor) -> torch.Tensor:
+        """Fold ``Upsilon_B`` into the running estimate; return ``delta_B`` (a 0-d tensor)."""
+        upsilon_b = upsilon_b.detach()
+        if self.upsilon_sq is None:
+            self.upsilon_sq = upsilon_b.square()
+        else:
+            self.upsilon_sq = self.decay * self.upsilon_sq + (1 - self.decay) * upsilon_b.square()
+        return self.delta * upsilon_b / self.upsilon_sq.sqrt().clamp_min(1e-12)
+
+    def adversarial(self, predict: Predict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._check(x, y)
+        upsilon_b = batch_sensitivity(lambda z: ce(predict(z), y), x, s=self.s)
+        self.last_budget = self.budget(upsilon_b)
+        with torch.no_grad():
+            clean = predict(x)
+        return w_ball_ascent(
+            lambda z: kl_to_clean(clean, predict(z)),
+            x,
+            delta=self.last_budget,
+            steps=self.steps,
+            step_ratio=self.step_ratio,
+            s=self.s,
+            box=self.box,
+        )
+
+    def state_dict(self) -> dict:
+        """The running estimate, to resume training with it."""
+        return {"upsilon_sq": self.upsilon_sq}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.upsilon_sq = state["upsilon_sq"]
+
+
+class ArmorLoss(RobustObjective):
+    """ARMOR_D with the KL divergence (Birrell & Ebrahimi, DATA_SPACE.md C2-C6).
+
+    The per-example losses ``L_i`` at the transported inputs (``base="at"``: CE at the PGD
+    inputs; ``base="trades"``: ``CE(x_i) + beta KL(p(x_i) || p(x'_i))`` after TRADES' ascent) are
+    aggregated by the dual ``inf_lambda budget*lambda + tau log mean_i exp(L_i / tau)``,
+    ``tau = lambda + kappa``, with ``lambda`` found per batch by bisection and held fixed, so
+    the gradient re-weights the examples by ``softmax(L_i / tau)``
+    (:func:`~.armor.armor_kl`). The objective is ``mix * mean CE(x) + (1 - mix) * ARMOR(L)``.
+
+    Defaults are those of the reference KL script for CIFAR-10 with the TRADES base
+    (``budget=0.02, kappa=0.1, mix=0.5``; that script's ``beta`` is 19), with the AT base here
+    by default, and the reference 10-step attack in the ``eps``-ball.
+
+    :param budget: the KL budget ``epsilon`` > 0.
+    :param kappa: the temperature floor >= 0.
+    :param mix: weight of the clean CE, in [0, 1] (the reference's ``t``).
+    :param base: ``"at"`` or ``"trades"``, the per-example losses that are re-weighted.
+    :param beta: weight of the KL term of the TRADES base.
+    :param lambda_max: the cap on ``lambda``.
+
+    Other parameters as :class:`RobustObjective`. Usage::
+
+        loss_fn = ArmorLoss(eps=0.1, budget=0.02)
+        loss = loss_fn(net, x, y)
+        loss_fn.last_dual.weights       # how the batch was re-weighted
+    """
+
+    per_example_mean = False
+
+    def __init__(
+        self,
+        *,
+        budget: float = 0.02,
+        kappa: float = 0.1,
+        mix: float = 0.5,
+        base: str = "at",
+        beta: float = 6.0,
+        lambda_max: float = 100.0,
+        **ball,
+    ) -> None:
+        super().__init__(**ball)
+        check_positive("budget", budget)
+        _check_non_negative("kappa", kappa)
+        _check_fraction("mix", mix)
+        check_choice("base", base, ("at", "trades"))
+        _check_non_negative("beta", beta)
+        check_positive("lambda_max", lambda_max)
+        self.budget, self.kappa, self.mix, self.base = float(budget), float(kappa), float(mix), base
+        self.beta, self.lambda_max = float(beta), float(lambda_max)
+        self.needs_clean = self.mix > 0 or base == "trades"
+        self.last_dual: ArmorDual | None = None
+
+    def adversarial(self, predict: Predict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._check(x, y)
+        return self._pgd(predict, x, y) if self.base == "at" else self._trades_inner(predict, x)
+
+    def transported_losses(self, clean_logits, adv_logits, y) -> torch.Tensor:
+        """The per-example losses ``L_i`` that the dual re-weights."""
+        if self.base == "at":
+            return ce(adv_logits, y)
+        return ce(clean_logits, y) + self.beta * kl_to_clean(clean_logits, adv_logits)
+
+    def losses(self, clean_logits, adv_logits, y):
+        dual = armor_kl(
+            self.transported_losses(clean_logits, adv_logits, y),
+            budget=self.budget,
+            kappa=self.kappa,
+            lambda_max=self.lambda_max,
+        )
+        self.last_dual = dual
+        robust = (1 - self.mix) * dual.loss.expand(y.shape[0])
+        return robust if self.mix == 0 else robust + self.mix * ce(clean_logits, y)
