@@ -252,7 +252,9 @@ class _Replayed:
 
     def labels(self, x: torch.Tensor) -> torch.Tensor:
         """The observed labels of the batch (the site's value)."""
-        value = self._trace(x).nodes[self.owner.site]["value"]
+        trace = self._trace(x)
+        self.owner._site_logits(trace)  # a categorical likelihood, one per example
+        value = trace.nodes[self.owner.site]["value"]
         if (
             not isinstance(value, torch.Tensor)
             or value.is_floating_point()

@@ -47,6 +47,7 @@ __all__ = [
     "RobustObjective",
     "TradesLoss",
     "WdatLoss",
+    "batch_budget",
     "kl_to_clean",
 ]
 
@@ -65,6 +66,18 @@ def kl_to_clean(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.T
     """
     clean = F.log_softmax(clean_logits, dim=-1)
     return (clean.exp() * (clean - F.log_softmax(adv_logits, dim=-1))).sum(-1)
+
+
+def batch_budget(
+    delta: float, upsilon_b: torch.Tensor, upsilon_hat: torch.Tensor | float
+) -> torch.Tensor:
+    """WDAT's share of the W2 budget for one batch: ``delta * Upsilon_B / Upsilon_hat``.
+
+    With ``Upsilon_hat`` the sensitivity of the whole set, ``Upsilon^2 = mean_B Upsilon_B^2``
+    over equal batches, so the budgets average back to ``delta`` in the W2 sense:
+    ``(mean_B delta_B^2)^(1/2) = delta`` (DATA_SPACE.md B3).
+    """
+    return delta * upsilon_b / torch.as_tensor(upsilon_hat).clamp_min(1e-12)
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -270,7 +283,7 @@ class WdatLoss(TradesLoss):
             self.upsilon_sq = upsilon_b.square()
         else:
             self.upsilon_sq = self.decay * self.upsilon_sq + (1 - self.decay) * upsilon_b.square()
-        return self.delta * upsilon_b / self.upsilon_sq.sqrt().clamp_min(1e-12)
+        return batch_budget(self.delta, upsilon_b, self.upsilon_sq.sqrt())
 
     def adversarial(self, predict: Predict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self._check(x, y)
