@@ -11,12 +11,24 @@ custom ``split_batch``), the way every step paid for it before the half-batch id
 :class:`~pyro_otmdr.bayes.priors.IsotropicNormal` (``Normal(0, s).expand(shape).to_event(n)``),
 interleaved with the new one, and a ``n/o`` line gives new/old per method.
 
+With ``--data-robust at,trades,wdat,armor`` (any of them; none by default, and then the output is
+as without the flag) each chosen data-robust loss X (:class:`~pyro_otmdr.AdversarialTraining`,
+:class:`~pyro_otmdr.TRADES`, :class:`~pyro_otmdr.WDAT`, :class:`~pyro_otmdr.ARMOR`, PGD of
+``--attack-steps`` steps in a ball of ``--eps``) also trains the same model and guide, alone and
+under OT-MDR(K=1), interleaved with the methods above. A second table, printed at the end, gives
+X/SVI, (k1+X)/X next to k1/SVI (whether OT-MDR adds no more on top of X than on top of plain SVI:
+the attack is paid once per step and reused by its passes) and the attacks per step of X and of
+k1+X (1, or one per member for the ensemble). The inputs are uniform in [0, 1], the losses' box.
+ARMOR's batch loss is not a mean over examples, so under AutoNormal k1+armor gives the scales a
+whole-batch pass: compare its (k1+X)/X with ``k1 whole``/SVI rather than k1/SVI.
+
 Usage::
 
     python benchmarks/step_time.py                         # MLP and CNN, about 5 min on 2 cores
     python benchmarks/step_time.py --models mlp --guides delta normal --rounds 3 --threads 1
     python benchmarks/step_time.py --models mlp --prior both --threads 1   # old prior vs new
     python benchmarks/step_time.py --cnn-size 32 --cnn-channels 3 --device cuda
+    python benchmarks/step_time.py --data-robust at,trades,wdat,armor   # + data-robust rows
 """
 
 from __future__ import annotations
@@ -33,12 +45,22 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 
-from pyro_otmdr import OTMDR, SAM, AutoDeltaEnsemble, EnsembleELBO
+from pyro_otmdr import (
+    ARMOR,
+    OTMDR,
+    SAM,
+    TRADES,
+    WDAT,
+    AdversarialTraining,
+    AutoDeltaEnsemble,
+    EnsembleELBO,
+)
 from pyro_otmdr.bayes import bayesian
 from pyro_otmdr.experiments.models import build_model
 from pyro_otmdr.model_space.batching import split_in_halves
 
 NUM_DATA = 4096
+DATA_ROBUST = ("at", "trades", "wdat", "armor")
 
 
 class OldPrior:
@@ -82,7 +104,41 @@ def whole_batch_split(args: tuple, kwargs: dict, generator: torch.Generator):
     return split_in_halves(args, kwargs, generator)
 
 
+def data_robust(name: str, args: argparse.Namespace) -> pyro.infer.ELBO:
+    """The data-robust loss ``name`` (one of ``DATA_ROBUST``) around a fresh ``Trace_ELBO``."""
+    attack = {"steps": args.attack_steps}
+    if name == "at":
+        return AdversarialTraining(Trace_ELBO(), eps=args.eps, **attack)
+    if name == "trades":
+        return TRADES(Trace_ELBO(), eps=args.eps, beta=6.0, **attack)
+    if name == "wdat":
+        return WDAT(Trace_ELBO(), delta=args.eps, beta=6.0, **attack)
+    return ARMOR(Trace_ELBO(), eps=args.eps, budget=0.02, **attack)
+
+
+def robust_methods(args: argparse.Namespace) -> dict[str, Callable[[], pyro.infer.ELBO]]:
+    """Each chosen data-robust loss X, alone and under OT-MDR(K=1) (``k1+X``).
+
+    X sums over an ensemble's members itself (one attack and pass per member), as ``k1`` does.
+    """
+    found = {}
+    for name in args.data_robust:
+        found[name] = lambda name=name: data_robust(name, args)
+        found[f"k1+{name}"] = lambda name=name: OTMDR(
+            data_robust(name, args), rho=args.rho, n_particles=1
+        )
+    return found
+
+
+def attacks(loss: pyro.infer.ELBO) -> int | None:
+    """The ``.attacks`` counter of the data-robust loss inside ``loss`` (None: there is none)."""
+    while not hasattr(loss, "attacks") and hasattr(loss, "elbo"):
+        loss = loss.elbo
+    return getattr(loss, "attacks", None)
+
+
 def methods(rho: float, guide: str) -> dict[str, Callable[[], pyro.infer.ELBO]]:
+    """Plain SVI, SAM and OT-MDR (K=1, K=2; a whole-batch pass for AutoNormal's scales)."""
     found = {
         "svi": (lambda: EnsembleELBO(Trace_ELBO())) if guide == "ensemble" else Trace_ELBO,
         "sam": lambda: SAM(Trace_ELBO(), rho=rho),
@@ -109,8 +165,9 @@ def time_steps(svi: SVI, x: torch.Tensor, y: torch.Tensor, steps: int, batch: in
 
 def bench(
     model_name: str, guide_name: str, args: argparse.Namespace
-) -> dict[str, dict[str, float]]:
-    """Median ms/step of every method per prior for one network and guide, all interleaved."""
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Median ms/step of every method per prior for one network and guide, all interleaved, and
+    the attacks per step of the data-robust methods (over every step, warm-up included)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     device = torch.device(args.device)
@@ -124,9 +181,11 @@ def bench(
         "ensemble": lambda m: AutoDeltaEnsemble(m, num_members=args.members),
     }
     guide = guides[guide_name](model)
+    makers = methods(args.rho, guide_name) | robust_methods(args)
+    losses = {name: make() for name, make in makers.items()}
     runners = {
-        name: SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=make())
-        for name, make in methods(args.rho, guide_name).items()
+        name: SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=loss)
+        for name, loss in losses.items()
     }
     priors = ["old", "new"] if args.prior == "both" else [args.prior]
     for prior, svi in itertools.product(priors, runners.values()):  # warm-up: set-up, caches
@@ -138,10 +197,13 @@ def bench(
             use_prior(model, prior)
             for name, svi in runners.items():
                 samples[prior][name].append(time_steps(svi, x, y, args.steps, batch))
-    return {
+    medians = {
         prior: {name: statistics.median(values) for name, values in found.items()}
         for prior, found in samples.items()
     }
+    steps = len(priors) * (2 + args.rounds * args.steps)
+    counts = {name: attacks(loss) for name, loss in losses.items()}
+    return medians, {name: n / steps for name, n in counts.items() if n is not None}
 
 
 def parse() -> argparse.Namespace:
@@ -167,7 +229,30 @@ def parse() -> argparse.Namespace:
         "--prior", default="new", choices=["new", "old", "both"],
         help="bayesian()'s fused prior, the expanded Normal before it, or both interleaved",
     )  # fmt: skip
+    parser.add_argument(
+        "--data-robust", type=robust_names, default=[], metavar="X[,X...]",
+        help=f"also time these data-robust losses alone and under OT-MDR(K=1), comma-separated "
+        f"from {','.join(DATA_ROBUST)} (default: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--eps", type=float, default=0.1,
+        help="the data-robust losses' radius (WDAT's delta) on inputs in [0, 1]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--attack-steps", type=int, default=10, help="PGD steps of the data-robust losses"
+    )
     return parser.parse_args()
+
+
+def robust_names(text: str) -> list[str]:
+    """``--data-robust``'s comma-separated names, checked against ``DATA_ROBUST``."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in DATA_ROBUST]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown data-robust loss(es) {unknown}; choose from {','.join(DATA_ROBUST)}"
+        )
+    return list(dict.fromkeys(names))
 
 
 def main() -> None:
@@ -184,8 +269,10 @@ def main() -> None:
     names = ["svi", "sam", "k1", "k2", "k1 whole"]
     header = "".join(f"{n:>9}" for n in names)
     print(f"{'model':<5} {'guide':<9}{'prior':<6}{header}   k1/SAM  SAM/SVI    k2/k1  whole/SAM")
+    robust = []
     for model_name, guide_name in itertools.product(args.models, args.guides):
-        found = bench(model_name, guide_name, args)
+        found, per_step = bench(model_name, guide_name, args)
+        robust.append((model_name, guide_name, found, per_step))
         for prior, ms in found.items():
             print(f"{model_name:<5} {guide_name:<9}{prior:<6}{row(ms, names)}", flush=True)
         if len(found) == 2:
@@ -194,6 +281,39 @@ def main() -> None:
                 for n in names
             )
             print(f"{model_name:<5} {guide_name:<9}{'n/o':<6}{ratios}", flush=True)
+    if args.data_robust:
+        print_robust(robust, args)
+
+
+def print_robust(
+    results: list[tuple[str, str, dict[str, dict[str, float]], dict[str, float]]],
+    args: argparse.Namespace,
+) -> None:
+    """The data-robust table: ms/step of X and k1+X, X/SVI, (k1+X)/X next to k1/SVI, and the
+    attacks per step of X and k1+X."""
+    print(
+        f"\ndata-robust losses X (eps {args.eps}, {args.attack_steps} attack steps, inputs "
+        f"uniform in [0, 1]); same runs as above, interleaved with them"
+    )
+    cells = "".join(f"{n:>9}" for n in ["svi", "k1", "X", "k1+X", "X/SVI", "k1X/X", "k1/SVI"])
+    print(f"{'model':<5} {'guide':<9}{'prior':<6}{'X':<7}{cells}  attacks/step X, k1+X")
+    for model_name, guide_name, found, per_step in results:
+        for prior, ms in found.items():
+            for name in args.data_robust:
+                head = f"{model_name:<5} {guide_name:<9}{prior:<6}{name:<7}"
+                print(f"{head}{robust_row(ms, name)}{attack_cells(per_step, name)}", flush=True)
+
+
+def robust_row(ms: dict[str, float], name: str) -> str:
+    """The ms/step cells and the ratios of one data-robust line."""
+    times = [ms["svi"], ms["k1"], ms[name], ms[f"k1+{name}"]]
+    ratios = [ms[name] / ms["svi"], ms[f"k1+{name}"] / ms[name], ms["k1"] / ms["svi"]]
+    return "".join(f"{t:>9.1f}" for t in times) + "".join(f"{r:>9.2f}" for r in ratios)
+
+
+def attack_cells(per_step: dict[str, float], name: str) -> str:
+    """The attacks per step of X and of k1+X."""
+    return f"{per_step[name]:>11.2f}{per_step[f'k1+{name}']:>7.2f}"
 
 
 def row(ms: dict[str, float], names: list[str]) -> str:
