@@ -279,7 +279,7 @@ def regression_model(x, y=None):
 def test_bad_models_and_inputs_fail_at_the_first_step_with_parameters_untouched(
     model, args, kwargs, match
 ):
-    w0, x, y = problem()
+    _, x, y = problem()
     data = {
         "regression": (x, torch.randn(B)),
         "outside": (x + 1.5, y),
