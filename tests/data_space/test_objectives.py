@@ -16,6 +16,7 @@ from pyro_otmdr.attacks import (
     w_distance,
     w_sensitivity,
 )
+from pyro_otmdr.data_space.common import attack_mode
 from pyro_otmdr.data_space.inner import ball_ascent, batch_sensitivity, w_ball_ascent
 from pyro_otmdr.data_space.objectives import batch_budget
 
@@ -171,3 +172,27 @@ def test_inputs_outside_the_box_are_refused_before_any_step():
     net, x, y = linear_problem()
     with pytest.raises(ValueError, match="outside the box"):
         TradesLoss()(net, x + 1.0, y)
+
+
+def test_module_recipe_with_otmdr_optimizer_attacks_once_and_splits_the_rows():
+    """The README's recipe: attack once, then let OTMDROptimizer split x, x_adv and y alike."""
+    from pyro_otmdr import OTMDROptimizer
+
+    net, x, y = linear_problem(low=0.0, high=1.0)
+    loss_fn = TradesLoss(eps=0.05, beta=6.0)
+    seen = []
+
+    def closure(x_b, x_adv_b, y_b):
+        seen.append((x_b, x_adv_b))
+        return loss_fn(net, x_b, y_b, x_adv=x_adv_b)
+
+    with attack_mode(net):
+        x_adv = loss_fn.adversarial(net, x, y)
+    base = torch.optim.SGD(net.parameters(), lr=0.01)
+    before = [p.detach().clone() for p in net.parameters()]
+    OTMDROptimizer(net, base, rho=0.05, seed=0).step(closure, x, x_adv, y)
+    assert len(seen) == 3
+    for x_b, x_adv_b in seen:  # every pass's rows of x_adv belong to its rows of x
+        index = torch.cdist(x_b, x).argmin(1)
+        torch.testing.assert_close(x_adv_b, x_adv[index])
+    assert any(not torch.equal(p, q) for p, q in zip(net.parameters(), before, strict=True))
