@@ -21,15 +21,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .names import DEFAULT_RHO, GUIDES, METHODS, OPTIMIZERS, SCHEDULES
+from .names import DATA_ROBUST, DEFAULT_RHO, GUIDES, METHODS, OPTIMIZERS, SCHEDULES
 
 #: The names of :mod:`.config`, loaded on first use so that ``otmdr --help`` imports no torch.
 _CONFIG_NAMES = (
+    "DATA_ROBUST_LOSSES",
     "Experiment",
     "ExperimentConfig",
     "attack_experiment",
     "build_experiment",
     "evaluate_experiment",
+    "make_data_robust",
     "make_guide",
     "make_loss",
     "make_optim",
@@ -39,6 +41,7 @@ _CONFIG_NAMES = (
 )
 
 __all__ = [
+    "DATA_ROBUST",
     "DEFAULT_RHO",
     "GUIDES",
     "METHODS",

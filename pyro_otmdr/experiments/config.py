@@ -9,6 +9,9 @@ Two conventions worth knowing:
 
 * ``rho=None`` takes the paper's radius for the guide (:data:`DEFAULT_RHO`): 0.05 for the point
   estimate and the ensemble (the CIFAR-10 value), 0.005 for the Gaussian (the BNN value).
+* ``data_robust`` (one of :data:`DATA_ROBUST`) makes the likelihood data-robust, under any
+  ``method``: the loss is the ELBO, wrapped by the data-robust loss, wrapped by SAM or OT-MDR
+  (:func:`make_loss`); the attack then runs once per step.
 * The ELBO is a sum over the N training examples, not a mean. Adam does not care; for SGD the
   learning rate is per example: the torch optimiser gets ``lr / N``, which is SGD with ``lr`` on
   the per-example loss, so the usual CIFAR values (0.1) carry over.
@@ -20,6 +23,9 @@ Usage::
     experiment = build_experiment(ExperimentConfig(guide="delta", method="sam", epochs=5))
     history = train_experiment(experiment, log=print)
     result = evaluate_experiment(experiment)          # an EvaluationResult
+
+    robust = ExperimentConfig(guide="delta", method="otmdr", data_robust="armor", eps=0.1)
+    report = attack_experiment(build_experiment(robust), budgets=(0.1,))  # after training it
 """
 
 from __future__ import annotations
@@ -40,15 +46,27 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..bayes.bnn import BayesianClassifier, bayesian
 from ..bayes.ensemble import AutoDeltaEnsemble, EnsembleELBO, is_ensemble
+from ..data_space.elbo import ARMOR, TRADES, WDAT, AdversarialTraining, DataRobustELBO
 from ..evaluation import EvaluationResult, RobustnessReport, evaluate, robustness
 from ..evaluation.shift import ShiftResult, evaluate_shift
 from ..model_space.elbo import DEFAULT_NOISE_STD, OTMDR, SAM
 from .data import DATASET_NAMES, DataSplits, load_dataset, load_fakedata
 from .models import MODEL_NAMES, Normalize, build_model
-from .names import DEFAULT_RHO, GUIDES, METHODS, OPTIMIZERS, SCHEDULES, SHIFT_NAMES
+from .names import (
+    DATA_ROBUST,
+    DATA_ROBUST_PARAMS,
+    DEFAULT_RHO,
+    GUIDES,
+    METHODS,
+    OPTIMIZERS,
+    SCHEDULES,
+    SHIFT_NAMES,
+)
 from .training import EpochStats, shuffled_batches, train
 
 __all__ = [
+    "DATA_ROBUST",
+    "DATA_ROBUST_LOSSES",
     "DEFAULT_RHO",
     "GUIDES",
     "METHODS",
@@ -59,6 +77,7 @@ __all__ = [
     "attack_experiment",
     "build_experiment",
     "evaluate_experiment",
+    "make_data_robust",
     "make_guide",
     "make_loss",
     "make_optim",
@@ -70,6 +89,14 @@ __all__ = [
 
 _MONITOR_DRAWS = 8  # posterior draws of the per-epoch accuracy (AutoNormal)
 
+#: The data-robust losses by the name of :data:`DATA_ROBUST` (all but ``"none"``).
+DATA_ROBUST_LOSSES: dict[str, type[DataRobustELBO]] = {
+    "at": AdversarialTraining,
+    "trades": TRADES,
+    "wdat": WDAT,
+    "armor": ARMOR,
+}
+
 
 @dataclass(frozen=True)
 class ExperimentConfig:
@@ -79,6 +106,17 @@ class ExperimentConfig:
     every name. ``width`` is the first stage's channels of ``resnet10``/``resnet18`` and of
     ``cnn`` (whose stages are ``width, 2 width, 4 width``). ``val_size`` holds out that many
     CIFAR training images as a validation split (digits always has one).
+
+    ``data_robust`` is one of :data:`DATA_ROBUST` (``"none"``: the plain likelihood). Its
+    parameters, in the units of the inputs' ``[0, 1]`` box: ``eps``, the linf radius of ``at``,
+    ``trades`` and ``armor``; ``delta``, the W2 budget of ``wdat``; ``beta``, the KL weight of
+    ``trades`` and ``wdat``; ``budget``, the KL budget of ``armor``'s dual. Configurations saved
+    before these fields existed load with the defaults (no data-robust loss).
+
+    Usage::
+
+        config = ExperimentConfig(guide="delta", method="otmdr", data_robust="trades", eps=0.1)
+        config.resolved().rho                       # 0.05, the guide's default radius
     """
 
     dataset: str = "digits"
@@ -95,6 +133,11 @@ class ExperimentConfig:
     n_particles: int = 1
     num_members: int = 5
     noise_std: float = DEFAULT_NOISE_STD
+    data_robust: str = "none"
+    eps: float = 0.1
+    delta: float = 0.1
+    beta: float = 6.0
+    budget: float = 0.02
     epochs: int = 30
     batch_size: int = 128
     optimizer: str = "adam"
@@ -109,11 +152,13 @@ class ExperimentConfig:
     num_workers: int = 0
 
     def resolved(self) -> ExperimentConfig:
-        """A copy with ``rho`` filled in from the guide; raises ``ValueError`` for bad names."""
+        """A copy with ``rho`` filled in from the guide; raises ``ValueError`` for bad names and
+        for data-robust parameters out of range (before anything is built or trained)."""
         _check_choice("data set", self.dataset, DATASET_NAMES)
         _check_choice("model", self.model, MODEL_NAMES)
         _check_choice("guide", self.guide, GUIDES)
         _check_choice("method", self.method, METHODS)
+        _check_data_robust(self)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         if self.epochs < 1 or self.batch_size < 2:
@@ -149,6 +194,31 @@ def _check_choice(what: str, value: str, allowed: Sequence[str]) -> None:
         raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_data_robust(config: ExperimentConfig) -> None:
+    """The data-robust loss's name and parameters; then the loss's own checks, by building it."""
+    _check_choice("data-robust loss", config.data_robust, DATA_ROBUST)
+    for name in ("eps", "delta"):
+        value = getattr(config, name)
+        if not (_is_number(value) and 0 < value <= 1):
+            raise ValueError(
+                f"{name} must be a number in (0, 1], a radius in the units of the inputs' [0, 1] "
+                f"box, got {value!r}"
+            )
+    if not (_is_number(config.beta) and config.beta >= 0):
+        raise ValueError(f"beta must be a finite number >= 0, got {config.beta!r}")
+    if not (_is_number(config.budget) and config.budget > 0):
+        raise ValueError(f"budget (ARMOR's KL budget) must be a number > 0, got {config.budget!r}")
+    if config.data_robust != "none":
+        try:
+            make_data_robust(config, Trace_ELBO())
+        except TypeError as err:
+            raise ValueError(f"data-robust loss {config.data_robust!r}: {err}") from None
+
+
 # ------------------------------------------------------------------------------------ builders
 
 
@@ -174,16 +244,54 @@ def make_guide(
     return AutoDeltaEnsemble(model, num_members=len(inits), init_loc_fn=inits)
 
 
+def make_data_robust(config: ExperimentConfig, elbo: ELBO | None = None) -> ELBO:
+    """``elbo`` (default ``Trace_ELBO()``) wrapped by the data-robust loss of ``config``.
+
+    ``"none"`` returns ``elbo`` itself; ``"at"`` is :class:`~pyro_otmdr.AdversarialTraining`
+    with ``eps``, ``"trades"`` :class:`~pyro_otmdr.TRADES` with ``eps`` and ``beta``, ``"wdat"``
+    :class:`~pyro_otmdr.WDAT` with ``delta`` and ``beta``, ``"armor"`` :class:`~pyro_otmdr.ARMOR`
+    with ``eps`` and ``budget``; every other option at the loss's default (10 ascent steps). The
+    losses loop over an ensemble's members themselves.
+
+    Usage::
+
+        loss = make_data_robust(ExperimentConfig(data_robust="wdat", delta=0.05))   # a WDAT
+    """
+    _check_choice("data-robust loss", config.data_robust, DATA_ROBUST)
+    elbo = Trace_ELBO() if elbo is None else elbo
+    if config.data_robust == "none":
+        return elbo
+    options = {name: getattr(config, name) for name in DATA_ROBUST_PARAMS[config.data_robust]}
+    return DATA_ROBUST_LOSSES[config.data_robust](elbo, **options)
+
+
 def make_loss(config: ExperimentConfig) -> ELBO:
-    """The plain ELBO (``svi``), or it wrapped by ``sam`` or ``otmdr``."""
+    """The loss of a run: the ELBO, wrapped by the data-robust loss, wrapped by SAM or OT-MDR.
+
+    The ELBO is ``Trace_ELBO`` (in :class:`~pyro_otmdr.EnsembleELBO` for plain SVI of an
+    ensemble without a data-robust loss); ``data_robust`` other than ``"none"`` wraps it
+    (:func:`make_data_robust`); then ``method`` ``sam`` or ``otmdr`` wraps that (``svi`` leaves
+    it as it is).
+
+    Usage::
+
+        loss = make_loss(ExperimentConfig(method="otmdr", data_robust="armor"))
+        type(loss).__name__, type(loss.elbo).__name__      # ('OTMDR', 'ARMOR')
+    """
     _check_choice("method", config.method, METHODS)
     rho = DEFAULT_RHO.get(config.guide, 0.05) if config.rho is None else config.rho
+    if config.data_robust != "none":
+        base = make_data_robust(config)  # loops over an ensemble's members itself
+    elif config.method == "svi" and config.guide == "ensemble":
+        base = EnsembleELBO(Trace_ELBO())
+    else:
+        base = Trace_ELBO()
     if config.method == "svi":
-        return EnsembleELBO(Trace_ELBO()) if config.guide == "ensemble" else Trace_ELBO()
+        return base
     if config.method == "sam":
-        return SAM(Trace_ELBO(), rho=rho)
+        return SAM(base, rho=rho)
     return OTMDR(
-        Trace_ELBO(),
+        base,
         rho=rho,
         rho2=config.rho2,
         n_particles=config.n_particles,

@@ -7,15 +7,17 @@ registries of the lower layers (attack threats, distribution shifts).
 
 Usage::
 
-    from pyro_otmdr.experiments.names import GUIDES, METHODS
+    from pyro_otmdr.experiments.names import DATA_ROBUST, GUIDES, METHODS
 
-    assert "otmdr" in METHODS
+    assert "otmdr" in METHODS and "armor" in DATA_ROBUST
 """
 
 from __future__ import annotations
 
 __all__ = [
     "DATASET_NAMES",
+    "DATA_ROBUST",
+    "DATA_ROBUST_PARAMS",
     "DEFAULT_RHO",
     "GUIDES",
     "METHODS",
@@ -40,6 +42,18 @@ MODEL_NAMES: tuple[str, ...] = (
 )
 GUIDES: tuple[str, ...] = ("delta", "ensemble", "normal")
 METHODS: tuple[str, ...] = ("svi", "sam", "otmdr")
+#: The data-robust training losses (``ExperimentConfig.data_robust``), ``"none"`` for the plain
+#: likelihood: :class:`~pyro_otmdr.AdversarialTraining`, :class:`~pyro_otmdr.TRADES`,
+#: :class:`~pyro_otmdr.WDAT` and :class:`~pyro_otmdr.ARMOR`.
+DATA_ROBUST: tuple[str, ...] = ("none", "at", "trades", "wdat", "armor")
+#: The ``ExperimentConfig`` fields each data-robust loss takes (the keywords of its class).
+DATA_ROBUST_PARAMS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "at": ("eps",),
+    "trades": ("eps", "beta"),
+    "wdat": ("delta", "beta"),
+    "armor": ("eps", "budget"),
+}
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from pyro.infer import Trace_ELBO
 
+from pyro_otmdr import ARMOR, OTMDR, SAM, TRADES, WDAT, AdversarialTraining, EnsembleELBO
 from pyro_otmdr.experiments.config import (
     DEFAULT_RHO,
     ExperimentConfig,
@@ -121,3 +123,54 @@ def test_example_runs_on_digits(script, flags, monkeypatch, capsys):
     runpy.run_path(str(EXAMPLES / script), run_name="__main__")
     out = capsys.readouterr().out
     assert "accuracy" in out
+
+
+# ------------------------------------------------------------------ data-robust losses
+
+
+def test_config_with_a_data_robust_loss_round_trips_and_old_configs_load():
+    config = ExperimentConfig(data_robust="wdat", delta=0.05, beta=3.0, eps=0.2, budget=0.1)
+    config = config.resolved()
+    assert ExperimentConfig.from_dict(config.to_dict()) == config
+    assert config.to_dict()["data_robust"] == "wdat" and config.to_dict()["delta"] == 0.05
+    old = dict(config.to_dict())
+    for name in ("data_robust", "eps", "delta", "beta", "budget"):
+        del old[name]  # a config.json written before these fields existed
+    loaded = ExperimentConfig.from_dict(old)
+    assert loaded.data_robust == "none" and (loaded.eps, loaded.delta) == (0.1, 0.1)
+    assert (loaded.beta, loaded.budget) == (6.0, 0.02)
+
+
+def test_make_loss_wraps_the_elbo_in_the_data_robust_loss_then_in_otmdr_or_sam():
+    loss = make_loss(ExperimentConfig(method="otmdr", data_robust="armor", eps=0.2, budget=0.05))
+    assert type(loss) is OTMDR and type(loss.elbo) is ARMOR
+    assert type(loss.elbo.elbo) is Trace_ELBO
+    assert loss.elbo.objective.eps == 0.2 and loss.elbo.objective.budget == 0.05
+    sam = make_loss(ExperimentConfig(method="sam", data_robust="trades", eps=0.05, beta=2.0))
+    assert type(sam) is SAM and type(sam.elbo) is TRADES and sam.elbo.objective.beta == 2.0
+    wdat = make_loss(ExperimentConfig(method="svi", data_robust="wdat", delta=0.03))
+    assert type(wdat) is WDAT and wdat.objective.delta == 0.03
+    # the data-robust losses loop over an ensemble's members themselves
+    at = make_loss(ExperimentConfig(guide="ensemble", method="svi", data_robust="at"))
+    assert type(at) is AdversarialTraining and type(at.elbo) is Trace_ELBO
+    assert type(make_loss(ExperimentConfig(guide="ensemble", method="svi"))) is EnsembleELBO
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"data_robust": "fgsm"}, "none, at, trades, wdat, armor"),
+        ({"eps": 0.0}, r"eps must be a number in \(0, 1\]"),
+        ({"eps": 1.5}, r"eps must be a number in \(0, 1\]"),
+        ({"delta": -0.1}, r"delta must be a number in \(0, 1\]"),
+        ({"beta": -1.0}, "beta must be a finite number >= 0"),
+        ({"beta": math.inf}, "beta must be a finite number >= 0"),
+        ({"budget": 0.0}, "budget .* must be a number > 0"),
+    ],
+)
+def test_bad_data_robust_values_are_refused_before_anything_is_built(values, message):
+    config = ExperimentConfig(**{"data_robust": "armor", **values})
+    with pytest.raises(ValueError, match=message):
+        config.resolved()
+    with pytest.raises(ValueError, match=message):
+        build_experiment(config)

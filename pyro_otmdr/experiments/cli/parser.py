@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..names import (
+    DATA_ROBUST,
     DATASET_NAMES,
     DEFAULT_RHO,
     GUIDES,
@@ -109,6 +110,16 @@ def _non_negative_float(text: str) -> float:
     return positive(float)(text) if text.strip() not in ("0", "0.0") else 0.0
 
 
+def box_fraction(text: str) -> float:
+    """An argparse type: a number in ``(0, 1]``, a radius in the units of the ``[0, 1]`` box."""
+    value = positive(float)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(
+            f"must be in (0, 1], the units of the inputs' [0, 1] box, got {text!r}"
+        )
+    return value
+
+
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), help="where to run (default: cuda when available)"
@@ -145,6 +156,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, grid: bool) -> None:
     method.add_argument("--noise", type=_non_negative_float, default=0.0, help="ascent noise std")
     method.add_argument("--members", type=pos_int, default=5, help="ensemble members")
     method.add_argument("--init-scale", type=pos_float, default=1e-3, help="AutoNormal's scales")
+    _add_data_robust_flags(parser, grid)
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=pos_int, default=30)
     opt.add_argument("--batch-size", type=pos_int, default=128)
@@ -158,6 +170,38 @@ def _add_run_flags(parser: argparse.ArgumentParser, grid: bool) -> None:
     run.add_argument("--num-samples", type=pos_int, default=32, help="AutoNormal test draws")
     _add_device(run)
     run.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+
+
+def _add_data_robust_flags(parser: argparse.ArgumentParser, grid: bool) -> None:
+    """``--data-robust`` (one name, or a comma list for a grid) and the losses' parameters."""
+    robust = parser.add_argument_group("data-robust training")
+    names = ", ".join(DATA_ROBUST)
+    if grid:
+        robust.add_argument(
+            "--data-robust",
+            type=name_list(DATA_ROBUST),
+            default=["none"],
+            metavar="NAMES",
+            help=f"comma-separated data-robust losses from {names}, a grid dimension; anything "
+            "but none adds the robust-accuracy columns (default none)",
+        )
+    else:
+        robust.add_argument(
+            "--data-robust",
+            choices=DATA_ROBUST,
+            default="none",
+            help="data-robust loss around the ELBO, under --method (default none)",
+        )
+    robust.add_argument(
+        "--eps", type=box_fraction, default=0.1, help="linf radius of at, trades, armor (0.1)"
+    )
+    robust.add_argument("--delta", type=box_fraction, default=0.1, help="W2 budget of wdat (0.1)")
+    robust.add_argument(
+        "--beta", type=_non_negative_float, default=6.0, help="KL weight of trades, wdat (6)"
+    )
+    robust.add_argument(
+        "--budget", type=positive(float), default=0.02, help="KL budget of armor's dual (0.02)"
+    )
 
 
 def _add_shift_flags(parser: argparse.ArgumentParser) -> None:
@@ -227,6 +271,21 @@ def _compare_parser(commands: Any) -> None:
     compare.add_argument("--seeds", type=positive(int), default=5, help="seeds 0..N-1")
     _add_run_flags(compare, grid=True)
     _add_shift_flags(compare)
+    attack = compare.add_argument_group("robust accuracy (test split)")
+    attack.add_argument(
+        "--robust-budget",
+        type=box_fraction,
+        help="budget of the W2-linf (W-PGD, ReDLR) and linf (PGD, CE) attacks; given, or with "
+        "--data-robust other than none, adds their robust accuracy (default 0.1)",
+    )
+    attack.add_argument(
+        "--attack-steps", type=positive(int), default=50, help="iterates per attack (50)"
+    )
+    attack.add_argument(
+        "--attack-samples",
+        type=positive(int),
+        help="AutoNormal draws the attacks go through (default --num-samples)",
+    )
     compare.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
     compare.add_argument("--quiet", action="store_true", help="no progress bar, no run lines")
     compare.set_defaults(module="compare")

@@ -58,7 +58,8 @@ def resolve_device(device: str | None) -> str:
 
 
 def config_from_args(args: argparse.Namespace, **grid: Any) -> ExperimentConfig:
-    """The resolved :class:`ExperimentConfig` of the run flags, with ``grid`` values on top."""
+    """The resolved :class:`ExperimentConfig` of the run flags, with ``grid`` values on top
+    (``guide``, ``method``, ``seed``, ``data_robust``: the commands' own flags)."""
     values = dict(
         dataset=args.dataset,
         data_dir=args.data_dir,
@@ -80,6 +81,10 @@ def config_from_args(args: argparse.Namespace, **grid: Any) -> ExperimentConfig:
         schedule=args.schedule,
         prior_scale=args.prior_scale,
         init_scale=args.init_scale,
+        eps=args.eps,
+        delta=args.delta,
+        beta=args.beta,
+        budget=args.budget,
         num_samples=args.num_samples,
         device=resolve_device(args.device),
         num_workers=args.workers,
@@ -102,10 +107,15 @@ def save_run_checkpoint(
     """Write the training state atomically with :func:`~pyro_otmdr.save_checkpoint`.
 
     Besides the param store, optimiser, loss generators and RNG states it keeps the config, the
-    history so far and the model's buffers (BatchNorm statistics) as ``extra``.
+    history so far and the model's buffers (BatchNorm statistics) as ``extra``, and the state of
+    a data-robust objective that has one (WDAT's running sensitivity estimate) as
+    ``extra["objective_state"]``: OT-MDR's ``state_dict`` holds only its own generators.
     """
     buffers = {name: value.detach() for name, value in experiment.model.named_buffers()}
     extra = {"config": experiment.config.to_dict(), "history": history, "model_buffers": buffers}
+    objective = _stateful_objective(experiment.loss)
+    if objective is not None:
+        extra["objective_state"] = objective.state_dict()
     save_checkpoint(
         path, optim=experiment.optim, loss=experiment.loss, epoch=epoch, step=step, extra=extra
     )
@@ -132,7 +142,28 @@ def load_run(run_dir: Path, device: str | None) -> tuple[Experiment, Checkpoint]
         raise RunError(str(err)) from None
     buffers = checkpoint.extra["model_buffers"]
     experiment.model.load_state_dict({k: v.to(device) for k, v in buffers.items()}, strict=False)
+    objective = _stateful_objective(experiment.loss)
+    if objective is not None and "objective_state" in checkpoint.extra:
+        state = checkpoint.extra["objective_state"]
+        objective.load_state_dict({k: _on(v, device) for k, v in state.items()})
     return experiment, checkpoint
+
+
+def _stateful_objective(loss: Any) -> Any:
+    """The objective of the data-robust loss inside ``loss`` (OT-MDR/SAM keep theirs as
+    ``.elbo``) when it has a state to save, else ``None``."""
+    for _ in range(4):  # OTMDR -> DataRobustELBO -> ELBO: a short chain
+        objective = getattr(loss, "objective", None)
+        if hasattr(objective, "state_dict") and hasattr(objective, "load_state_dict"):
+            return objective
+        loss = getattr(loss, "elbo", None)
+        if loss is None:
+            return None
+    return None
+
+
+def _on(value: Any, device: str) -> Any:
+    return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
 def environment() -> dict[str, str]:

@@ -6,6 +6,7 @@ exact ``otmdr train --resume RUN_DIR`` command, and exits with status 130.
 Usage::
 
     otmdr train --guide normal --method otmdr --epochs 30 --out runs/bnn
+    otmdr train --guide delta --method otmdr --data-robust trades --eps 0.1 --beta 6
     otmdr train --resume runs/bnn
 """
 
@@ -17,7 +18,14 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import Experiment, build_experiment, evaluate_experiment, train_experiment
+from ..config import (
+    Experiment,
+    ExperimentConfig,
+    build_experiment,
+    evaluate_experiment,
+    train_experiment,
+)
+from ..names import DATA_ROBUST_PARAMS
 from .rundir import (
     config_from_args,
     environment,
@@ -38,8 +46,12 @@ def _start(args: argparse.Namespace) -> tuple[Experiment, Path, int, int, list[d
         experiment, checkpoint = load_run(args.resume, args.device)
         history = list(checkpoint.extra["history"])
         return experiment, args.resume, checkpoint.epoch, checkpoint.step, history
-    config = config_from_args(args, guide=args.guide, method=args.method, seed=args.seed)
-    out = args.out or Path("runs") / f"{config.dataset}-{config.guide}-{config.method}"
+    config = config_from_args(
+        args, guide=args.guide, method=args.method, seed=args.seed, data_robust=args.data_robust
+    )
+    name = f"{config.dataset}-{config.guide}-{config.method}"
+    name += f"-{config.data_robust}" if config.data_robust != "none" else ""
+    out = args.out or Path("runs") / name
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config.to_dict())
     return build_experiment(config), out, 0, 0, []
@@ -63,6 +75,15 @@ def _interrupted(out: Path, history: list[dict]) -> int:
     return 130
 
 
+def _robust_settings(config: ExperimentConfig) -> str:
+    """``data-robust trades eps=0.1 beta=6 `` (empty without a data-robust loss)."""
+    if config.data_robust == "none":
+        return ""
+    names = DATA_ROBUST_PARAMS[config.data_robust]
+    values = " ".join(f"{name}={getattr(config, name):g}" for name in names)
+    return f"data-robust {config.data_robust} {values} "
+
+
 def run(args: argparse.Namespace) -> int:
     """``otmdr train``: train, checkpoint every epoch, evaluate on test, write the run dir."""
     experiment, out, start_epoch, steps, history = _start(args)
@@ -72,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{config.dataset} {config.model} {config.guide} {config.method} "
         f"rho={config.rho if config.method != 'svi' else '-'} "
+        f"{_robust_settings(config)}"
         f"{config.optimizer} lr={config.lr} {config.schedule} on {config.device} -> {out}"
     )
 
