@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = ["ArmorDual", "armor_kl"]
@@ -60,12 +61,22 @@ def _dual(losses: torch.Tensor, costs: torch.Tensor, lam: float, budget: float, 
 
 
 def _solve(
-    losses: torch.Tensor, costs: torch.Tensor, budget: float, kappa: float, lambda_max: float
+    losses: np.ndarray, costs: np.ndarray, budget: float, kappa: float, lambda_max: float
 ) -> tuple[float, bool]:
-    """The minimiser of the convex dual by bracketing and bisection on its derivative."""
+    """The minimiser of the convex dual by bracketing and bisection on its derivative.
+
+    Runs in float64 NumPy on one host copy of the batch: one device transfer per batch, not one
+    synchronisation per bisection step.
+    """
 
     def slope(lam: float) -> float:
-        return float(_dual(losses, costs, lam, budget, kappa)[1])
+        tau = lam + kappa
+        scores = losses / tau - costs
+        shift = scores.max()
+        weights = np.exp(scores - shift)
+        total = weights.sum()
+        log_mean = shift + math.log(total / len(losses))
+        return budget + log_mean - float(weights @ losses) / total / tau
 
     spread = float(losses.max() - losses.min()) + 1e-12
     low = 0.0 if kappa > 0 else 1e-9 * spread
@@ -110,10 +121,8 @@ def armor_kl(
     """
     _check(losses, budget, kappa, costs, lambda_max)
     costs = torch.zeros_like(losses) if costs is None else costs.to(losses)
-    with torch.no_grad():
-        lam, converged = _solve(
-            losses.detach().double(), costs.detach().double(), budget, kappa, lambda_max
-        )
+    host = torch.stack([losses.detach(), costs.detach()]).double().cpu().numpy()
+    lam, converged = _solve(host[0], host[1], budget, kappa, lambda_max)
     value, _, weights = _dual(losses, costs, lam, budget, kappa)
     return ArmorDual(value, lam, weights.detach(), converged)
 
