@@ -349,7 +349,8 @@ def plot_comparison(rows: Sequence[dict], chosen: dict, path: Path, *, dpi: int 
     columns = [(k, label) for k, label in _columns(rows) if k != "brier"]
     guides = list(dict.fromkeys(r["guide"] for r in rows))
     methods = list(dict.fromkeys(_cell(r)[1:] for r in rows))  # (method, data-robust loss)
-    fig = Figure(figsize=(3.2 * len(columns), 3.4))
+    legend_rows = math.ceil(len(methods) / 6)
+    fig = Figure(figsize=(3.2 * len(columns), 3.4 + 0.25 * legend_rows))
     FigureCanvasAgg(fig)
     width = 0.8 / len(methods)
     for ax, (key, label) in zip(fig.subplots(1, len(columns)), columns, strict=True):
@@ -373,9 +374,10 @@ def plot_comparison(rows: Sequence[dict], chosen: dict, path: Path, *, dpi: int 
         low = min(r[key] for r in rows)
         high = max(r[key] for r in rows)
         ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
-    fig.axes[0].legend(fontsize="small")
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(methods), 6), fontsize="small")
     fig.suptitle("mean ± standard error over seeds, rho chosen on validation NLL")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07 * legend_rows, 1, 1))  # the legend below the panels
     fig.savefig(path, dpi=dpi)
     return path
 
