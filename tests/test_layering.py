@@ -6,7 +6,7 @@ Bottom to top (README, "Architecture")::
         |
     evaluation     metrics, posterior predictive, ArviZ export, plots
         |
-    data_space     Wasserstein and pointwise attacks, robust losses (when it lands)
+    data_space     Wasserstein and pointwise attacks, the data-robust training losses
         |
     model_space    OT-MDR / SAM: tensor core, step engine, Pyro ELBO and torch optimiser fronts
         |

@@ -7,9 +7,13 @@ import pytest
 import pyro_otmdr
 
 ROOT_NAMES = {
+    "ARMOR",
     "DEFAULT_NOISE_STD",
     "OTMDR",
     "SAM",
+    "TRADES",
+    "WDAT",
+    "AdversarialTraining",
     "AutoDeltaEnsemble",
     "CheckpointError",
     "EnsembleELBO",
