@@ -295,6 +295,7 @@ def test_bad_models_and_inputs_fail_at_the_first_step_with_parameters_untouched(
         assert torch.equal(value.detach(), before[name])
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN")  # Pyro's own warning, expected here
 def test_a_non_finite_loss_restores_the_parameters_bit_for_bit():
     w0, x, y = problem()
     robust = TRADES(Trace_ELBO(), eps=0.05)
