@@ -31,7 +31,7 @@ from pyro.infer.autoguide import AutoDelta, init_to_sample
 from pyro.nn import PyroModule
 from torch import nn
 
-__all__ = ["AutoDeltaEnsemble", "EnsembleELBO", "is_ensemble", "sum_over_members"]
+__all__ = ["AutoDeltaEnsemble", "EnsembleELBO", "is_ensemble", "over_members", "sum_over_members"]
 
 InitLocFn = Callable[[dict], torch.Tensor]
 
@@ -105,6 +105,22 @@ def is_ensemble(guide: object) -> bool:
     return isinstance(getattr(guide, "num_members", None), int) and hasattr(guide, "member")
 
 
+def over_members(guide: Any, run: Callable[[], Any]) -> Any:
+    """``run()`` for a single guide; for an ensemble, the sum of ``run()`` with each member active.
+
+    Usage::
+
+        total = over_members(guide, lambda: elbo.loss(model, guide, x, y))
+    """
+    if not is_ensemble(guide):
+        return run()
+    total = 0.0
+    for index in range(guide.num_members):
+        with guide.member(index):
+            total = total + run()
+    return total
+
+
 def sum_over_members(guide: Any, loss_and_grads: Callable[[], float]) -> float:
     """Run ``loss_and_grads()`` once per member of ``guide``; return the summed loss.
 
@@ -149,13 +165,7 @@ class EnsembleELBO(ELBO):
         return self.elbo._get_trace(model, guide, args, kwargs)
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        if not is_ensemble(guide):
-            return self.elbo.loss(model, guide, *args, **kwargs)
-        total = 0.0
-        for index in range(guide.num_members):
-            with guide.member(index):
-                total += self.elbo.loss(model, guide, *args, **kwargs)
-        return total
+        return over_members(guide, lambda: self.elbo.loss(model, guide, *args, **kwargs))
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         if not is_ensemble(guide):

@@ -45,7 +45,7 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 
-from ..bayes.ensemble import is_ensemble, sum_over_members
+from ..bayes.ensemble import is_ensemble, over_members, sum_over_members
 from ..bayes.replay import categorical_of, guide_latents, trace_latents
 from ..model_space.elbo import check_wrappable
 from ..model_space.reparam_noise import FixedReparamNoise
@@ -108,13 +108,11 @@ class DataRobustELBO(ELBO):
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """The robust loss (the attack runs, with gradients on the inputs only)."""
-        return float(
-            self._over_members(guide, lambda: self._run("loss", model, guide, args, kwargs))
-        )
+        return float(over_members(guide, lambda: self._run("loss", model, guide, args, kwargs)))
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
         """The robust loss as a differentiable tensor (the torch route's ``ELBOModule``)."""
-        return self._over_members(
+        return over_members(
             guide, lambda: self._run("differentiable_loss", model, guide, args, kwargs)
         )
 
@@ -147,17 +145,6 @@ class DataRobustELBO(ELBO):
         return args, {**kwargs, PREPARED_KEY: self._attack(model, guide, args, kwargs)}
 
     # -- internals -------------------------------------------------------------------------------
-
-    @staticmethod
-    def _over_members(guide: Callable, run: Callable[[], Any]) -> Any:
-        """``run()``, or the sum of it over an ensemble's members."""
-        if not is_ensemble(guide):
-            return run()
-        total = 0.0
-        for index in range(guide.num_members):
-            with guide.member(index):
-                total = total + run()
-        return total
 
     def _run(self, method: str, model: Callable, guide: Callable, args: tuple, kwargs: dict):
         kwargs = dict(kwargs)

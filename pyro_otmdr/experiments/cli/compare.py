@@ -55,7 +55,7 @@ from ..config import (
 )
 from ..names import DATA_ROBUST_PARAMS
 from .parser import UsageError
-from .rundir import config_from_args, write_json
+from .rundir import config_from_args, mean_step_ms, write_json
 
 __all__ = ["DEFAULT_ROBUST_BUDGET", "ROBUST_THREATS", "markdown_table", "run", "select_rho"]
 
@@ -146,12 +146,10 @@ def _saved_row(path: Path, config: ExperimentConfig, robust: dict | None = None)
 
 
 def _step_seconds(history: Sequence[dict], train_seconds: float) -> float:
-    """Mean seconds per training step: the epochs' step timings weighted by their steps, or the
-    training's wall time over its steps when no step was timed."""
-    timed = [r for r in history if r.get("step_ms") is not None and not math.isnan(r["step_ms"])]
-    if timed:
-        weights = [r["steps"] for r in timed]
-        return statistics.fmean([r["step_ms"] for r in timed], weights=weights) / 1e3
+    """Mean seconds per training step: :func:`mean_step_ms` of the epochs, or the training's wall
+    time over its steps when no step was timed."""
+    if any(not math.isnan(r["step_ms"]) for r in history):
+        return mean_step_ms(history) / 1e3
     return train_seconds / max(1, sum(r["steps"] for r in history))
 
 
