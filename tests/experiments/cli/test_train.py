@@ -14,9 +14,21 @@ FLAGS = ["--guide", "delta", "--method", "sam", "--epochs", "40", "--hidden", "1
 FLAGS += ["--device", "cpu", "--quiet"]
 
 
+def _default_sigint() -> None:
+    """Let the child take Ctrl-C even when the tests run as a background job, whose shell hands
+    its children SIGINT ignored (then Python would install no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_after_first_checkpoint(out: Path) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "pyro_otmdr", "train", *FLAGS, "--out", str(out)]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_default_sigint,
+    )
     deadline = time.monotonic() + 180
     while not (out / "checkpoint.pt").exists() and process.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint within 3 minutes"
