@@ -5,9 +5,17 @@ the first time the site is seen (from torch's global generator, as Pyro itself s
 ``pyro.set_rng_seed`` governs it) and reused by every later pass under the same handler: the value
 is ``loc + scale * kappa`` (``loc + scale_tril @ kappa`` for a multivariate normal), so gradients
 still flow to ``loc`` and ``scale``. Sites whose value is already given (observed, replayed) are
-left alone; a point mass samples its value and returns its log-density there without computing
-it entry by entry (it is ``log 1``); other reparameterised distributions are refused with a clear
-error.
+left alone; other reparameterised distributions are refused with a clear error.
+
+Two log-densities at a site's own sample are known in closed form, and the handler returns them
+without Pyro's entry-by-entry computation (any other value still gets Pyro's):
+
+* a point mass: ``log 1`` plus its ``log_density``;
+* a diagonal normal at ``loc + scale * kappa``: ``-kappa^2 / 2 - log(2 pi) / 2 - log(scale)``, whose
+  first two terms are constant for the step (computed once). This is the same function of ``loc``
+  and ``scale`` as ``Normal.log_prob`` at that sample, so the gradients are the same, up to
+  rounding: its gradient is ``0`` for ``loc`` and ``-1 / scale`` for ``scale``, which the
+  general formula reaches as a sum of terms that cancel.
 
 Usage::
 
@@ -18,12 +26,16 @@ Usage::
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pyro import distributions as dist
 from pyro.poutine.messenger import Messenger
 from torch.distributions import Independent, MultivariateNormal, Normal, TransformedDistribution
 
 __all__ = ["FixedReparamNoise"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class FixedReparamNoise(Messenger):
@@ -35,6 +47,7 @@ class FixedReparamNoise(Messenger):
     def __init__(self) -> None:
         super().__init__()
         self.noise: dict[str, torch.Tensor] = {}
+        self._noise_log_density: dict[str, torch.Tensor] = {}
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] or msg["value"] is not None:
@@ -43,9 +56,35 @@ class FixedReparamNoise(Messenger):
             msg["fn"] = _SelfDelta(msg["fn"])
             msg["value"] = msg["fn"].sample_value
             return
+        diagonal = self._diagonal_normal(msg["name"], msg["fn"])
+        if diagonal is not None:
+            msg["fn"] = diagonal
+            msg["value"] = _base(diagonal).sample_value
+            return
         value = self._value(msg["name"], msg["fn"])
         if value is not None:
             msg["value"] = value
+
+    def _diagonal_normal(
+        self, name: str, fn: torch.distributions.Distribution
+    ) -> torch.distributions.Distribution | None:
+        """``fn``, a (possibly ``Independent``) Pyro ``Normal``, as a :class:`_FixedNoiseNormal`."""
+        base = _base(fn)
+        if type(base) is not dist.Normal:
+            return None
+        kappa = self._kappa(name, base.loc)
+        constant = self._noise_log_density.get(name)
+        if constant is None:
+            constant = -0.5 * kappa.square() - _HALF_LOG_2PI
+            self._noise_log_density[name] = constant
+        fixed = _FixedNoiseNormal(base, kappa, constant)
+        depth = []
+        while isinstance(fn, Independent):
+            depth.append(fn.reinterpreted_batch_ndims)
+            fn = fn.base_dist
+        for ndims in reversed(depth):
+            fixed = dist.Independent(fixed, ndims)
+        return fixed
 
     def _value(self, name: str, fn: torch.distributions.Distribution) -> torch.Tensor | None:
         while isinstance(fn, Independent):
@@ -82,6 +121,32 @@ class FixedReparamNoise(Messenger):
                 "the batch"
             )
         return kappa
+
+
+def _base(fn: torch.distributions.Distribution) -> torch.distributions.Distribution:
+    """``fn`` without its ``Independent`` wrappers."""
+    while isinstance(fn, Independent):
+        fn = fn.base_dist
+    return fn
+
+
+class _FixedNoiseNormal(dist.Normal):
+    """A ``Normal`` that drew ``loc + scale * kappa`` and knows its log-density there.
+
+    ``constant`` is ``-kappa^2 / 2 - log(2 pi) / 2``, the same for every pass of the step; the
+    log-density at the sample is ``constant - log(scale)``. Other values get ``Normal``'s.
+    """
+
+    def __init__(self, normal: dist.Normal, kappa: torch.Tensor, constant: torch.Tensor) -> None:
+        super().__init__(normal.loc, normal.scale, validate_args=False)
+        self._validate_args = normal._validate_args
+        self.sample_value = self.loc + self.scale * kappa
+        self._constant = constant
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        if x is not self.sample_value:
+            return super().log_prob(x)
+        return self._constant - self.scale.log()
 
 
 class _SelfDelta(dist.Delta):
