@@ -43,6 +43,8 @@ from pyro.infer import (
 
 from ..bayes.ensemble import is_ensemble, sum_over_members
 from .batching import Batch, BatchSplitter, batch_size_of, split_in_halves
+from .constant_params import ConstantParams
+from .device_loss import loss_and_grads_on_device
 from .perturbation import PerturbRule, perturbed_by_default
 from .reparam_noise import FixedReparamNoise
 from .step import NonFiniteLossError, ParamGroups, SharpnessAwareStep, StepInfo
@@ -206,16 +208,17 @@ class OTMDR(ELBO):
         fixed_guide = reparam_noise(guide)
         args, kwargs = prepared_batch(self.elbo, model, fixed_guide, args, kwargs)
         params = ParamGroups()
+        constants = ConstantParams()  # the fixed parameters, in passes that take no grad for them
         scaling: list[PlateScaling] = []
 
-        def evaluate(batch: Batch, label: str) -> float:
+        def evaluate(batch: Batch, label: str) -> torch.Tensor | float:
             args, kwargs = batch
             if not params.all:  # the first pass: capture the parameters, validate, watch plates
                 scaling.append(PlateScaling(batch_size_of(args, kwargs)))
-                with self._capture(params), scaling[0]:
-                    return self.elbo.loss_and_grads(model, fixed_guide, *args, **kwargs)
-            with pyro.validation_enabled(False):  # the first pass validated the inputs
-                return self.elbo.loss_and_grads(model, fixed_guide, *args, **kwargs)
+                with self._capture(params, constants), scaling[0]:
+                    return loss_and_grads_on_device(self.elbo, model, fixed_guide, args, kwargs)
+            with pyro.validation_enabled(False), constants:  # the first pass validated the inputs
+                return loss_and_grads_on_device(self.elbo, model, fixed_guide, args, kwargs)
 
         def mean_over_examples() -> bool:
             halves = self.split_batch is split_in_halves
@@ -238,12 +241,16 @@ class OTMDR(ELBO):
         return self.split_batch(args, kwargs, self.generator)
 
     @contextmanager
-    def _capture(self, params: ParamGroups) -> Iterator[None]:
+    def _capture(self, params: ParamGroups, constants: ConstantParams) -> Iterator[None]:
         with poutine.trace(param_only=True) as capture:
             yield
         for site in capture.trace.nodes.values():
             leaf = site["value"].unconstrained()
-            (params.perturbed if self.perturb(site["name"]) else params.fixed).append(leaf)
+            if self.perturb(site["name"]):
+                params.perturbed.append(leaf)
+            else:
+                params.fixed.append(leaf)
+                constants.record(site)
         if not params.perturbed:
             names = ", ".join(capture.trace.nodes) or "none"
             raise ValueError(

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,7 +225,11 @@ class SharpnessAwareStep:
             raise ValueError(f"expected {len(self.radii)} ascent batches, got {len(halves)}")
         previous = None
         for i, (half, radius) in enumerate(zip(halves, self.radii, strict=True)):
-            with state.ascent_context() if state.ascent_context else nullcontext():
+            keeps_center = k == 0 and i == 0  # the one ascent pass whose fixed grads are kept
+            with (
+                state.ascent_context() if state.ascent_context else nullcontext(),
+                nullcontext() if keeps_center else _fixed_as_constants(state),
+            ):
                 self._pass(state, half, f"particle {k + 1}, ascent step {i + 1}")
             if state.params.fixed and k == 0 and i == 0:
                 self._keep_center_grads(state, halves)
@@ -233,7 +237,8 @@ class SharpnessAwareStep:
             state.ascent_norms.append(norm)
         if k == 0:
             running_stats.begin_counted()  # the step's first full-batch pass moves the statistics
-        self._pass(state, state.batch, f"particle {k + 1}, full-batch gradient")
+        with _fixed_as_constants(state):
+            self._pass(state, state.batch, f"particle {k + 1}, full-batch gradient")
         if k == 0:
             running_stats.end_counted()
         restore_(state.params.perturbed, state.saved)
@@ -396,6 +401,26 @@ def _as_floats(losses: Sequence[torch.Tensor | float]) -> list[float]:
         device = tensors[0].device
         stacked = iter(torch.stack([t.to(device, dtype) for t in tensors]).tolist())
     return [next(stacked) if isinstance(loss, torch.Tensor) else float(loss) for loss in losses]
+
+
+@contextmanager
+def _fixed_as_constants(state: _State) -> Iterator[None]:
+    """Within a pass whose gradient for the parameters that are not perturbed is thrown away
+    (any pass at a perturbed point), those parameters do not require grad: the backward pass
+    skips them and the graph through them (a scale's softplus, say). The perturbed parameters'
+    gradient is unchanged. Not under an ``ascent_context`` (DDP expects every parameter's grad).
+    """
+    if state.ascent_context is not None:
+        yield
+        return
+    frozen = [p for p in state.params.fixed if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def _half_sizes(state: _State) -> tuple[int, int] | None:

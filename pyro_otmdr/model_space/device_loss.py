@@ -1,0 +1,68 @@
+"""One pass of a wrapped ELBO whose loss stays a tensor on its device.
+
+Pyro's ``Trace_ELBO.loss_and_grads`` turns every site's log-density into a Python float as it
+sums them (one device synchronisation per site on a GPU). :func:`loss_and_grads_on_device`
+takes the same pass for a ``Trace_ELBO`` whose guide is reparameterised, with the same traces and
+the same surrogate (so the same gradients), and returns the loss as a 0-d tensor, left for the
+step to check once when it ends. Any other loss (another ELBO, a score-function site) takes its
+own ``loss_and_grads``.
+
+Usage::
+
+    loss = loss_and_grads_on_device(Trace_ELBO(), model, guide, (x, y), {})   # a tensor
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from pyro.distributions.util import is_identically_zero
+from pyro.infer import ELBO, Trace_ELBO
+from pyro.poutine import Trace
+
+__all__ = ["loss_and_grads_on_device"]
+
+
+def loss_and_grads_on_device(
+    elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict
+) -> torch.Tensor | float:
+    """``elbo.loss_and_grads(model, guide, *args, **kwargs)``, with the loss kept as a tensor
+    when ``elbo`` is a ``Trace_ELBO`` (exactly) and every guide site is reparameterised."""
+    if type(elbo) is not Trace_ELBO:
+        return elbo.loss_and_grads(model, guide, *args, **kwargs)
+    loss: torch.Tensor | float = 0.0
+    for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
+        surrogate = _reparameterised_surrogate(model_trace, guide_trace)
+        if surrogate is None:  # a score-function term: Pyro's own particle loss
+            value, surrogate = elbo._differentiable_loss_particle(model_trace, guide_trace)
+        else:
+            value = surrogate.detach()
+        loss = loss + value / elbo.num_particles
+        trainable = any(
+            site["type"] == "param"
+            for trace in (model_trace, guide_trace)
+            for site in trace.nodes.values()
+        )
+        if trainable and getattr(surrogate, "requires_grad", False):
+            (surrogate / elbo.num_particles).backward(retain_graph=elbo.retain_graph)
+    return loss
+
+
+def _reparameterised_surrogate(model_trace: Trace, guide_trace: Trace) -> torch.Tensor | None:
+    """``Trace_ELBO``'s surrogate loss of one particle, summed as it sums it, or ``None`` when a
+    guide site has a score-function term. For a reparameterised guide it is also the loss."""
+    surrogate_elbo = 0.0
+    for site in model_trace.nodes.values():
+        if site["type"] == "sample":
+            surrogate_elbo = surrogate_elbo + site["log_prob_sum"]
+    for site in guide_trace.nodes.values():
+        if site["type"] == "sample":
+            _, score_function_term, entropy_term = site["score_parts"]
+            if not is_identically_zero(score_function_term):
+                return None
+            if not is_identically_zero(entropy_term):
+                surrogate_elbo = surrogate_elbo - entropy_term.sum()
+    if not isinstance(surrogate_elbo, torch.Tensor):
+        return None
+    return -surrogate_elbo
