@@ -11,6 +11,12 @@ custom ``split_batch``), the way every step paid for it before the half-batch id
 :class:`~pyro_otmdr.bayes.priors.IsotropicNormal` (``Normal(0, s).expand(shape).to_event(n)``),
 interleaved with the new one, and a ``n/o`` line gives new/old per method.
 
+With ``--engine both`` every method also runs with the step engine's per-pass savings switched off
+(``before``: what a step cost before them), interleaved, and an ``n/b`` line gives new/before;
+``--engine each`` adds one variant per saving switched off alone (``-logq``, ``-frozen``,
+``-served``, ``-device``, listed in ``ENGINE_CHANGES``) and an ``n/-X`` line for each: what
+that one change buys, measured side by side.
+
 With ``--data-robust at,trades,wdat,armor`` (any of them; none by default, and then the output is
 as without the flag) each chosen data-robust loss X (:class:`~pyro_otmdr.AdversarialTraining`,
 :class:`~pyro_otmdr.TRADES`, :class:`~pyro_otmdr.WDAT`, :class:`~pyro_otmdr.ARMOR`, PGD of
@@ -27,6 +33,7 @@ Usage::
     python benchmarks/step_time.py                         # MLP and CNN, about 5 min on 2 cores
     python benchmarks/step_time.py --models mlp --guides delta normal --rounds 3 --threads 1
     python benchmarks/step_time.py --models mlp --prior both --threads 1   # old prior vs new
+    python benchmarks/step_time.py --engine each --threads 1   # what each engine saving buys
     python benchmarks/step_time.py --cnn-size 32 --cnn-channels 3 --device cuda
     python benchmarks/step_time.py --data-robust at,trades,wdat,armor   # + data-robust rows
 """
@@ -38,6 +45,9 @@ import itertools
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
+from typing import NamedTuple
+from unittest import mock
 
 import pyro
 import pyro.distributions as dist
@@ -57,10 +67,68 @@ from pyro_otmdr import (
 )
 from pyro_otmdr.bayes import bayesian
 from pyro_otmdr.experiments.models import build_model
+from pyro_otmdr.model_space import elbo as elbo_module
+from pyro_otmdr.model_space import step as step_module
 from pyro_otmdr.model_space.batching import split_in_halves
+from pyro_otmdr.model_space.constant_params import ConstantParams
+from pyro_otmdr.model_space.reparam_noise import FixedReparamNoise
 
 NUM_DATA = 4096
 DATA_ROBUST = ("at", "trades", "wdat", "armor")
+
+
+def _pyros_pass(elbo, model, guide, args, kwargs):
+    return elbo.loss_and_grads(model, guide, *args, **kwargs)
+
+
+ENGINE_CHANGES = {
+    "logq": (
+        "a normal guide site's log-density at its own sample in closed form",
+        [(FixedReparamNoise, "_diagonal_normal", lambda self, name, fn: None)],
+    ),
+    "frozen": (
+        "fixed parameters (scales) are constants in the passes that drop their gradient",
+        [(step_module, "_fixed_as_constants", lambda state: nullcontext())],
+    ),
+    "served": (
+        "those constants' constrained values served from the step's first pass",
+        [(ConstantParams, "_pyro_param", lambda self, msg: None)],
+    ),
+    "device": (
+        "a Trace_ELBO pass's loss kept on the device (no float per site)",
+        [(elbo_module, "loss_and_grads_on_device", _pyros_pass)],
+    ),
+}
+"""The per-pass savings of the step engine (issue 11), each with what switches it off here."""
+
+
+class Variant(NamedTuple):
+    """One way of running every method: a prior and the engine changes switched off."""
+
+    label: str
+    prior: str
+    disabled: tuple[str, ...] = ()
+
+    def engine(self) -> ExitStack:
+        """Enter to run the step engine without the changes in ``disabled``."""
+        stack = ExitStack()
+        for name in self.disabled:
+            for target, attribute, replacement in ENGINE_CHANGES[name][1]:
+                stack.enter_context(mock.patch.object(target, attribute, replacement))
+        return stack
+
+
+def variants(args: argparse.Namespace) -> list[Variant]:
+    """The variants to interleave: ``--prior`` and ``--engine`` (not both varied at once)."""
+    if args.prior == "both":
+        return [Variant("old", "old"), Variant("new", "new")]
+    if args.engine == "new":
+        return [Variant(args.prior, args.prior)]
+    before = Variant("before", args.prior, tuple(ENGINE_CHANGES))
+    each = [Variant(f"-{name}", args.prior, (name,)) for name in ENGINE_CHANGES]
+    if args.engine == "old":
+        return [before]
+    return [before, *(each if args.engine == "each" else []), Variant("new", args.prior)]
 
 
 class OldPrior:
@@ -166,7 +234,7 @@ def time_steps(svi: SVI, x: torch.Tensor, y: torch.Tensor, steps: int, batch: in
 def bench(
     model_name: str, guide_name: str, args: argparse.Namespace
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Median ms/step of every method per prior for one network and guide, all interleaved, and
+    """Median ms/step of every method per variant for one network and guide, all interleaved, and
     the attacks per step of the data-robust methods (over every step, warm-up included)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
@@ -187,21 +255,24 @@ def bench(
         name: SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=loss)
         for name, loss in losses.items()
     }
-    priors = ["old", "new"] if args.prior == "both" else [args.prior]
-    for prior, svi in itertools.product(priors, runners.values()):  # warm-up: set-up, caches
-        use_prior(model, prior)
-        time_steps(svi, x, y, 2, batch)
-    samples = {prior: {name: [] for name in runners} for prior in priors}
+    runs = variants(args)
+    for variant, svi in itertools.product(runs, runners.values()):  # warm-up: set-up, caches
+        use_prior(model, variant.prior)
+        with variant.engine():
+            time_steps(svi, x, y, 2, batch)
+    samples = {variant.label: {name: [] for name in runners} for variant in runs}
     for _ in range(args.rounds):
-        for prior in priors:
-            use_prior(model, prior)
-            for name, svi in runners.items():
-                samples[prior][name].append(time_steps(svi, x, y, args.steps, batch))
+        for variant in runs:
+            use_prior(model, variant.prior)
+            with variant.engine():
+                for name, svi in runners.items():
+                    samples[variant.label][name].append(time_steps(svi, x, y, args.steps, batch))
+    use_prior(model, "new")
     medians = {
-        prior: {name: statistics.median(values) for name, values in found.items()}
-        for prior, found in samples.items()
+        label: {name: statistics.median(values) for name, values in found.items()}
+        for label, found in samples.items()
     }
-    steps = len(priors) * (2 + args.rounds * args.steps)
+    steps = len(runs) * (2 + args.rounds * args.steps)
     counts = {name: attacks(loss) for name, loss in losses.items()}
     return medians, {name: n / steps for name, n in counts.items() if n is not None}
 
@@ -228,6 +299,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--prior", default="new", choices=["new", "old", "both"],
         help="bayesian()'s fused prior, the expanded Normal before it, or both interleaved",
+    )  # fmt: skip
+    parser.add_argument(
+        "--engine", default="new", choices=["new", "old", "both", "each"],
+        help="the step engine with its per-pass savings (new), without them (old, shown as "
+        "'before'), both interleaved, or each: also new without each one in turn",
     )  # fmt: skip
     parser.add_argument(
         "--data-robust", type=robust_names, default=[], metavar="X[,X...]",
@@ -266,23 +342,38 @@ def main() -> None:
         f"torch {torch.__version__}, pyro {pyro.__version__}, threads {torch.get_num_threads()}; "
         f"median of {args.rounds} blocks of {args.steps} steps"
     )
+    if args.prior == "both" and args.engine != "new":
+        raise SystemExit("vary --prior or --engine, not both at once")
     names = ["svi", "sam", "k1", "k2", "k1 whole"]
     header = "".join(f"{n:>9}" for n in names)
-    print(f"{'model':<5} {'guide':<9}{'prior':<6}{header}   k1/SAM  SAM/SVI    k2/k1  whole/SAM")
+    print(f"{'model':<5} {'guide':<9}{'variant':<9}{header}   k1/SAM  SAM/SVI    k2/k1  whole/SAM")
     robust = []
     for model_name, guide_name in itertools.product(args.models, args.guides):
         found, per_step = bench(model_name, guide_name, args)
         robust.append((model_name, guide_name, found, per_step))
-        for prior, ms in found.items():
-            print(f"{model_name:<5} {guide_name:<9}{prior:<6}{row(ms, names)}", flush=True)
-        if len(found) == 2:
+        for label, ms in found.items():
+            print(f"{model_name:<5} {guide_name:<9}{label:<9}{row(ms, names)}", flush=True)
+        for label, ratio_label in ratio_lines(found):
             ratios = "".join(
-                f"{found['new'][n] / found['old'][n]:>9.2f}" if n in found["new"] else f"{'':>9}"
+                f"{found['new'][n] / found[label][n]:>9.2f}" if n in found["new"] else f"{'':>9}"
                 for n in names
             )
-            print(f"{model_name:<5} {guide_name:<9}{'n/o':<6}{ratios}", flush=True)
+            print(f"{model_name:<5} {guide_name:<9}{ratio_label:<9}{ratios}", flush=True)
+    if args.engine == "each":
+        print("\nn/-X: new / new without change X, per method (below 1: X bought that much)")
+        for name, (what, _) in ENGINE_CHANGES.items():
+            print(f"  {name:<7} {what}")
     if args.data_robust:
         print_robust(robust, args)
+
+
+def ratio_lines(found: dict[str, dict[str, float]]) -> list[tuple[str, str]]:
+    """The variants to divide ``new`` by, with the label of their ratio line: ``n/o`` (the old
+    prior), ``n/b`` (the engine before its savings), ``n/-X`` (without change X)."""
+    if "new" not in found:
+        return []
+    short = {"old": "n/o", "before": "n/b"}
+    return [(label, short.get(label, f"n/{label}")) for label in found if label != "new"]
 
 
 def print_robust(
@@ -296,11 +387,11 @@ def print_robust(
         f"uniform in [0, 1]); same runs as above, interleaved with them"
     )
     cells = "".join(f"{n:>9}" for n in ["svi", "k1", "X", "k1+X", "X/SVI", "k1X/X", "k1/SVI"])
-    print(f"{'model':<5} {'guide':<9}{'prior':<6}{'X':<7}{cells}  attacks/step X, k1+X")
+    print(f"{'model':<5} {'guide':<9}{'variant':<9}{'X':<7}{cells}  attacks/step X, k1+X")
     for model_name, guide_name, found, per_step in results:
-        for prior, ms in found.items():
+        for label, ms in found.items():
             for name in args.data_robust:
-                head = f"{model_name:<5} {guide_name:<9}{prior:<6}{name:<7}"
+                head = f"{model_name:<5} {guide_name:<9}{label:<9}{name:<7}"
                 print(f"{head}{robust_row(ms, name)}{attack_cells(per_step, name)}", flush=True)
 
 
