@@ -8,6 +8,9 @@ Bottom up:
   for the step; :mod:`.subsampling`: whether a Pyro loss is plate-scaled, so that two halves
   average to the whole batch;
 * :mod:`.step`: :class:`SharpnessAwareStep`, the Pyro-agnostic step engine;
+* :mod:`.constant_params` and :mod:`.device_loss`: what a Pyro pass need not redo (the fixed
+  parameters' constrained values where they are constants) or convert (its loss, kept on the
+  device);
 * two front ends on that one engine: :mod:`.elbo` (:class:`OTMDR` and :class:`SAM`, wrapper
   ELBOs for an unchanged Pyro ``SVI``) and :mod:`.optim` (:class:`OTMDROptimizer` and
   :class:`SAMOptimizer` for ``ELBOModule``/``nn.Module`` training), with :mod:`.distributed`

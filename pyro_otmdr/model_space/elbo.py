@@ -9,9 +9,10 @@ One step, for a minibatch ``B`` and ``K`` particles (each with its own random sp
 The parameters' ``.grad`` is left holding ``(1/K) sum_k G_k`` for the point estimates and means that
 are perturbed; parameters that are not perturbed (a Gaussian guide's scales) get the gradient of the
 whole batch at the unperturbed parameters: from the first particle's two halves there when the
-model's likelihood is in a subsampling plate (half a pass), else from a whole-batch pass. The
-guide's reparameterisation noise is fixed for the whole step. ``SVI`` then lets its optimiser step
-as usual.
+model's likelihood is in a subsampling plate (half a pass), else from a whole-batch pass; in the
+other passes they are constants, served from the first pass. The guide's reparameterisation noise
+is fixed for the whole step, and a ``Trace_ELBO`` pass keeps its loss on the device. ``SVI``
+then lets its optimiser step as usual.
 
 Usage::
 

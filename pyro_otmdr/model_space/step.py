@@ -13,7 +13,9 @@ the unperturbed point for the others. That last gradient comes, in order of pref
 SAM's own ascent pass on the whole batch; from the first particle's two halves at the
 unperturbed point when the front end says the loss is a per-example mean (Pyro's plate idiom:
 the first half is already there, the second half costs half a pass); else from one more pass on
-the whole batch.
+the whole batch. In every other pass (those at a perturbed point, and a later particle's first)
+that gradient would be thrown away, so those parameters are constants there (``requires_grad``
+off for the pass).
 
 Losses stay as the passes return them (tensors on their device) until the step ends; they are
 checked for NaN and infinity there, with one device synchronisation per step.
@@ -231,7 +233,7 @@ class SharpnessAwareStep:
                 nullcontext() if keeps_center else _fixed_as_constants(state),
             ):
                 self._pass(state, half, f"particle {k + 1}, ascent step {i + 1}")
-            if state.params.fixed and k == 0 and i == 0:
+            if state.params.fixed and keeps_center:
                 self._keep_center_grads(state, halves)
             norm, previous = self._ascend(state.params, radius, previous)
             state.ascent_norms.append(norm)
@@ -406,9 +408,10 @@ def _as_floats(losses: Sequence[torch.Tensor | float]) -> list[float]:
 @contextmanager
 def _fixed_as_constants(state: _State) -> Iterator[None]:
     """Within a pass whose gradient for the parameters that are not perturbed is thrown away
-    (any pass at a perturbed point), those parameters do not require grad: the backward pass
-    skips them and the graph through them (a scale's softplus, say). The perturbed parameters'
-    gradient is unchanged. Not under an ``ascent_context`` (DDP expects every parameter's grad).
+    (at a perturbed point, or a later particle's first), those parameters do not require grad:
+    the backward pass skips them and the graph through them (a scale's softplus, say). The
+    perturbed parameters' gradient is unchanged. Not under an ``ascent_context`` (DDP expects
+    every parameter's grad).
     """
     if state.ascent_context is not None:
         yield
