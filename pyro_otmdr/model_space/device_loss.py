@@ -1,11 +1,12 @@
 """One pass of a wrapped ELBO whose loss stays a tensor on its device.
 
 Pyro's ``Trace_ELBO.loss_and_grads`` turns every site's log-density into a Python float as it
-sums them (one device synchronisation per site on a GPU). :func:`loss_and_grads_on_device`
-takes the same pass for a ``Trace_ELBO`` whose guide is reparameterised, with the same traces and
-the same surrogate (so the same gradients), and returns the loss as a 0-d tensor, left for the
-step to check once when it ends. Any other loss (another ELBO, a score-function site) takes its
-own ``loss_and_grads``.
+sums them (one device synchronisation per site on a GPU), and so does its
+``differentiable_loss`` (an ``ELBOModule``'s forward). :func:`loss_and_grads_on_device` and
+:func:`differentiable_loss_on_device` take the same pass for a ``Trace_ELBO``, with the same
+traces and the same surrogate (so the same gradients), and return the loss as a 0-d tensor, left
+for the step to check once when it ends. A guide with a score-function site keeps one conversion
+per particle (Pyro's own particle loss); any other ELBO takes its own methods.
 
 Usage::
 
@@ -21,32 +22,53 @@ from pyro.distributions.util import is_identically_zero
 from pyro.infer import ELBO, Trace_ELBO
 from pyro.poutine import Trace
 
-__all__ = ["loss_and_grads_on_device"]
+__all__ = ["differentiable_loss_on_device", "loss_and_grads_on_device"]
 
 
 def loss_and_grads_on_device(
     elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict
 ) -> torch.Tensor | float:
     """``elbo.loss_and_grads(model, guide, *args, **kwargs)``, with the loss kept as a tensor
-    when ``elbo`` is a ``Trace_ELBO`` (exactly) and every guide site is reparameterised."""
+    when ``elbo`` is a ``Trace_ELBO`` (exactly). Like Pyro, one backward pass per particle."""
     if type(elbo) is not Trace_ELBO:
         return elbo.loss_and_grads(model, guide, *args, **kwargs)
     loss: torch.Tensor | float = 0.0
     for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
-        surrogate = _reparameterised_surrogate(model_trace, guide_trace)
-        if surrogate is None:  # a score-function term: Pyro's own particle loss
-            value, surrogate = elbo._differentiable_loss_particle(model_trace, guide_trace)
-        else:
-            value = surrogate.detach()
-        loss = loss + value / elbo.num_particles
+        surrogate = _particle_loss(elbo, model_trace, guide_trace) / elbo.num_particles
+        loss = loss + surrogate.detach()
         trainable = any(
             site["type"] == "param"
             for trace in (model_trace, guide_trace)
             for site in trace.nodes.values()
         )
-        if trainable and getattr(surrogate, "requires_grad", False):
-            (surrogate / elbo.num_particles).backward(retain_graph=elbo.retain_graph)
+        if trainable and surrogate.requires_grad:
+            surrogate.backward(retain_graph=elbo.retain_graph)
     return loss
+
+
+def differentiable_loss_on_device(
+    elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict
+) -> torch.Tensor:
+    """``elbo.differentiable_loss(model, guide, *args, **kwargs)`` (what an ``ELBOModule``
+    returns), with no float conversion when ``elbo`` is a ``Trace_ELBO`` (exactly)."""
+    if type(elbo) is not Trace_ELBO:
+        return elbo.differentiable_loss(model, guide, *args, **kwargs)
+    loss: torch.Tensor | float = 0.0
+    for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
+        loss = loss + _particle_loss(elbo, model_trace, guide_trace) / elbo.num_particles
+    return loss
+
+
+def _particle_loss(elbo: Trace_ELBO, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
+    """One particle's loss, differentiable as ``Trace_ELBO``'s surrogate: that surrogate itself
+    for a reparameterised guide; else Pyro's value carrying the surrogate's gradient."""
+    surrogate = _reparameterised_surrogate(model_trace, guide_trace)
+    if surrogate is not None:
+        return surrogate
+    value, surrogate = elbo._differentiable_loss_particle(model_trace, guide_trace)
+    if not isinstance(surrogate, torch.Tensor):  # no site at all
+        return torch.tensor(float(value))
+    return surrogate + (value - surrogate.detach())
 
 
 def _reparameterised_surrogate(model_trace: Trace, guide_trace: Trace) -> torch.Tensor | None:

@@ -12,7 +12,8 @@ backward. For Pyro, ``Trace_ELBO()(model, guide)`` (an ``ELBOModule``, with
 ``pyro.settings.set(module_local_params=True)``) is such a closure; the guide's
 reparameterisation noise is fixed for the whole step, as in the SVI route, and an
 ``AutoNormal``'s scales are not moved (``perturb`` works on ``named_parameters()`` names such as
-``guide.scales.w_unconstrained``).
+``guide.scales.w_unconstrained``). Such a closure with a ``Trace_ELBO`` (and no hooks of its own)
+computes its loss without a float conversion per site (no GPU synchronisation per site).
 
 Usage::
 
@@ -35,10 +36,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pyro.infer.elbo import ELBOModule
 from torch import nn
 
 from .batching import Batch, BatchSplitter, batch_size_of, split_in_halves
 from .core import global_norm
+from .device_loss import differentiable_loss_on_device
 from .elbo import DEFAULT_NOISE_STD, per_example_mean, prepared_batch
 from .perturbation import PerturbRule, perturbed_by_default
 from .reparam_noise import FixedReparamNoise
@@ -280,7 +283,7 @@ class OTMDROptimizer(torch.optim.Optimizer):
                 watch = PlateScaling(batch_size_of(args, kwargs))
                 scaling.append(watch)
             with torch.enable_grad(), watch:
-                loss = closure(*args, **kwargs)
+                loss = _closure_loss(closure, args, kwargs)
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise TypeError(f"{label}: the closure must return a scalar loss tensor")
             if scaler is None:
@@ -378,6 +381,19 @@ class SAMOptimizer(OTMDROptimizer):
             from .distributed import all_reduce_mean_
 
             all_reduce_mean_(grads_of(params.fixed))
+
+
+def _closure_loss(closure: LossClosure, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``closure(*args, **kwargs)``; for a plain ``ELBOModule`` (no hooks of its own) its
+    forward's loss computed without a float conversion per site (``Trace_ELBO``)."""
+    plain = (
+        type(closure) is ELBOModule
+        and not closure._forward_hooks
+        and not closure._forward_pre_hooks
+    )
+    if not plain:
+        return closure(*args, **kwargs)
+    return differentiable_loss_on_device(closure.elbo, closure.model, closure.guide, args, kwargs)
 
 
 def _named(params: ParamsLike) -> list[tuple[str, torch.Tensor]]:

@@ -1,5 +1,6 @@
-"""A pass whose loss stays on its device: the same loss and gradients as Pyro's ``Trace_ELBO``,
-without its per-site float conversions; other losses take their own ``loss_and_grads``."""
+"""A pass whose loss stays on its device: the same loss and gradients as Pyro's ``Trace_ELBO``
+(``loss_and_grads`` for the SVI route, ``differentiable_loss`` for an ``ELBOModule`` closure),
+without its per-site float conversions; other losses take their own methods."""
 
 import pyro
 import pyro.distributions as dist
@@ -9,7 +10,11 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 
 from pyro_otmdr import OTMDR, SAM
-from pyro_otmdr.model_space.device_loss import loss_and_grads_on_device
+from pyro_otmdr.model_space.device_loss import (
+    differentiable_loss_on_device,
+    loss_and_grads_on_device,
+)
+from pyro_otmdr.model_space.optim import OTMDROptimizer
 from pyro_otmdr.model_space.reparam_noise import FixedReparamNoise
 from tests.model_space.test_elbo import DTYPE, data, make_model
 
@@ -103,3 +108,56 @@ def test_steps_convert_no_site_to_a_float(make_loss, make_guide):
         patch.setattr("pyro.infer.trace_elbo.torch_item", no_float_conversion)
         loss = svi.step(y)
     assert isinstance(loss, float)
+
+
+@pytest.mark.parametrize("make_guide", GUIDES)
+def test_differentiable_loss_equals_pyros_without_float_conversion(make_guide):
+    y, model = data("cpu", n=9), make_model("cpu")
+    guide = make_guide(model)
+    guide(y)
+    guide = FixedReparamNoise()(guide)
+    elbo = Trace_ELBO()
+
+    def backward(loss):
+        loss.backward()
+        return loss.detach()
+
+    expected, expected_grads = pass_grads(
+        lambda: backward(elbo.differentiable_loss(model, guide, y))
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("pyro.infer.trace_elbo.torch_item", no_float_conversion)
+        got, got_grads = pass_grads(
+            lambda: backward(differentiable_loss_on_device(elbo, model, guide, (y,), {}))
+        )
+    assert got.item() == pytest.approx(expected.item(), rel=1e-12)
+    for name, g in expected_grads.items():
+        torch.testing.assert_close(got_grads[name], g, rtol=1e-12, atol=1e-12)
+
+
+def elbo_module_optimizer(y):
+    model = make_model("cpu")
+    with pyro.settings.context(module_local_params=True):
+        guide = AutoNormal(model)
+        loss_fn = Trace_ELBO()(model, guide)
+        loss_fn(y)
+    base = torch.optim.SGD(loss_fn.parameters(), lr=0.01)
+    return loss_fn, OTMDROptimizer(loss_fn.named_parameters(), base, rho=0.1, seed=0)
+
+
+def test_elbo_module_closure_converts_no_site_to_a_float():
+    y = data("cpu", n=9)
+    loss_fn, opt = elbo_module_optimizer(y)
+    with pytest.MonkeyPatch.context() as patch, pyro.settings.context(module_local_params=True):
+        patch.setattr("pyro.infer.trace_elbo.torch_item", no_float_conversion)
+        loss = opt.step(loss_fn, y)
+    assert isinstance(loss, float)
+
+
+def test_elbo_module_with_a_hook_is_called_as_a_module():
+    y, calls = data("cpu", n=9), []
+    loss_fn, opt = elbo_module_optimizer(y)
+    loss_fn.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    with pyro.settings.context(module_local_params=True):
+        opt.step(loss_fn, y)
+    assert calls == [4, 5, 9, 5]  # both halves, the whole batch, the scales' half
