@@ -1,7 +1,8 @@
 """Median milliseconds per training step of plain SVI, SAM and OT-MDR, measured side by side.
 
 For each network (the project's ``mlp`` on digits-shaped vectors and its ``cnn`` on digits-shaped
-images, both made Bayesian with :func:`pyro_otmdr.bayes.bayesian`) and each guide (AutoDelta,
+images, and with ``--models resnet18`` its ResNet-18 on CIFAR-shaped images, all made Bayesian with
+:func:`pyro_otmdr.bayes.bayesian`) and each guide (AutoDelta,
 AutoNormal, AutoDeltaEnsemble of M members), every method trains the same model in turn, round
 after round (interleaved, so the machine's load falls on all methods alike). The script prints the
 median ms/step of each and the ratios OT-MDR(K=1)/SAM, SAM/SVI and K=2/K=1. For AutoNormal it also
@@ -35,6 +36,7 @@ Usage::
     python benchmarks/step_time.py --models mlp --prior both --threads 1   # old prior vs new
     python benchmarks/step_time.py --engine each --threads 1   # what each engine saving buys
     python benchmarks/step_time.py --cnn-size 32 --cnn-channels 3 --device cuda
+    python benchmarks/step_time.py --models resnet18 --guides delta --device cuda  # CIFAR-shaped
     python benchmarks/step_time.py --data-robust at,trades,wdat,armor   # + data-robust rows
 """
 
@@ -158,6 +160,9 @@ def network(name: str, args: argparse.Namespace) -> tuple[Callable, tuple[int, .
     if name == "mlp":
         net = build_model("mlp", 10, in_features=64, hidden=(args.hidden,) * args.layers)
         return bayesian(net, num_data=NUM_DATA), (64,), args.batch
+    if name == "resnet18":
+        net = build_model("resnet18", 10, in_channels=3, width=args.resnet_width)
+        return bayesian(net, num_data=NUM_DATA), (3, 32, 32), args.resnet_batch
     channels = args.cnn_channels
     net = build_model("cnn", num_classes=10, in_channels=channels)
     return (
@@ -279,7 +284,9 @@ def bench(
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
+    parser.add_argument(
+        "--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn", "resnet18"]
+    )
     parser.add_argument(
         "--guides", nargs="+", default=["delta", "normal", "ensemble"],
         choices=["delta", "normal", "ensemble"],
@@ -290,6 +297,10 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--cnn-batch", type=int, default=256)
     parser.add_argument("--cnn-size", type=int, default=8, help="image side (8: digits)")
     parser.add_argument("--cnn-channels", type=int, default=1, help="image channels")
+    parser.add_argument("--resnet-batch", type=int, default=128, help="ResNet-18 batch size")
+    parser.add_argument(
+        "--resnet-width", type=int, default=64, help="ResNet-18 base width (64: the standard net)"
+    )
     parser.add_argument("--rho", type=float, default=0.05)
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved blocks per method")
@@ -338,7 +349,8 @@ def main() -> None:
     mlp = f"MLP 64-{'-'.join([str(args.hidden)] * args.layers)}-10 at batch {args.batch}"
     image = f"{args.cnn_channels}x{args.cnn_size}x{args.cnn_size}"
     print(
-        f"{mlp}; cnn on {image} at batch {args.cnn_batch}; device {args.device}, "
+        f"{mlp}; cnn on {image} at batch {args.cnn_batch}; resnet18 (width {args.resnet_width}) "
+        f"on 3x32x32 at batch {args.resnet_batch}; device {args.device}, "
         f"torch {torch.__version__}, pyro {pyro.__version__}, threads {torch.get_num_threads()}; "
         f"median of {args.rounds} blocks of {args.steps} steps"
     )
@@ -346,25 +358,33 @@ def main() -> None:
         raise SystemExit("vary --prior or --engine, not both at once")
     names = ["svi", "sam", "k1", "k2", "k1 whole"]
     header = "".join(f"{n:>9}" for n in names)
-    print(f"{'model':<5} {'guide':<9}{'variant':<9}{header}   k1/SAM  SAM/SVI    k2/k1  whole/SAM")
+    w = model_width(args)
+    print(
+        f"{'model':<{w}} {'guide':<9}{'variant':<9}{header}   k1/SAM  SAM/SVI    k2/k1  whole/SAM"
+    )
     robust = []
     for model_name, guide_name in itertools.product(args.models, args.guides):
         found, per_step = bench(model_name, guide_name, args)
         robust.append((model_name, guide_name, found, per_step))
         for label, ms in found.items():
-            print(f"{model_name:<5} {guide_name:<9}{label:<9}{row(ms, names)}", flush=True)
+            print(f"{model_name:<{w}} {guide_name:<9}{label:<9}{row(ms, names)}", flush=True)
         for label, ratio_label in ratio_lines(found):
             ratios = "".join(
                 f"{found['new'][n] / found[label][n]:>9.2f}" if n in found["new"] else f"{'':>9}"
                 for n in names
             )
-            print(f"{model_name:<5} {guide_name:<9}{ratio_label:<9}{ratios}", flush=True)
+            print(f"{model_name:<{w}} {guide_name:<9}{ratio_label:<9}{ratios}", flush=True)
     if args.engine == "each":
         print("\nn/-X: new / new without change X, per method (below 1: X bought that much)")
         for name, (what, _) in ENGINE_CHANGES.items():
             print(f"  {name:<7} {what}")
     if args.data_robust:
         print_robust(robust, args)
+
+
+def model_width(args: argparse.Namespace) -> int:
+    """The width of the model column: 5, or the longest model name asked for."""
+    return max(5, *(len(name) for name in args.models))
 
 
 def ratio_lines(found: dict[str, dict[str, float]]) -> list[tuple[str, str]]:
@@ -387,11 +407,12 @@ def print_robust(
         f"uniform in [0, 1]); same runs as above, interleaved with them"
     )
     cells = "".join(f"{n:>9}" for n in ["svi", "k1", "X", "k1+X", "X/SVI", "k1X/X", "k1/SVI"])
-    print(f"{'model':<5} {'guide':<9}{'variant':<9}{'X':<7}{cells}  attacks/step X, k1+X")
+    w = model_width(args)
+    print(f"{'model':<{w}} {'guide':<9}{'variant':<9}{'X':<7}{cells}  attacks/step X, k1+X")
     for model_name, guide_name, found, per_step in results:
         for label, ms in found.items():
             for name in args.data_robust:
-                head = f"{model_name:<5} {guide_name:<9}{label:<9}{name:<7}"
+                head = f"{model_name:<{w}} {guide_name:<9}{label:<9}{name:<7}"
                 print(f"{head}{robust_row(ms, name)}{attack_cells(per_step, name)}", flush=True)
 
 
