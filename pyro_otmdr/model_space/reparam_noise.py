@@ -58,8 +58,7 @@ class FixedReparamNoise(Messenger):
             return
         diagonal = self._diagonal_normal(msg["name"], msg["fn"])
         if diagonal is not None:
-            msg["fn"] = diagonal
-            msg["value"] = _base(diagonal).sample_value
+            msg["fn"], msg["value"] = diagonal
             return
         value = self._value(msg["name"], msg["fn"])
         if value is not None:
@@ -67,9 +66,14 @@ class FixedReparamNoise(Messenger):
 
     def _diagonal_normal(
         self, name: str, fn: torch.distributions.Distribution
-    ) -> torch.distributions.Distribution | None:
-        """``fn``, a (possibly ``Independent``) Pyro ``Normal``, as a :class:`_FixedNoiseNormal`."""
-        base = _base(fn)
+    ) -> tuple[torch.distributions.Distribution, torch.Tensor] | None:
+        """``fn``, a (possibly ``Independent``) Pyro ``Normal``, rebuilt on a
+        :class:`_FixedNoiseNormal`, and its sample; ``None`` for any other distribution."""
+        event_dims = []
+        base = fn
+        while isinstance(base, Independent):
+            event_dims.append(base.reinterpreted_batch_ndims)
+            base = base.base_dist
         if type(base) is not dist.Normal:
             return None
         kappa = self._kappa(name, base.loc)
@@ -77,14 +81,11 @@ class FixedReparamNoise(Messenger):
         if constant is None:
             constant = -0.5 * kappa.square() - _HALF_LOG_2PI
             self._noise_log_density[name] = constant
-        fixed = _FixedNoiseNormal(base, kappa, constant)
-        depth = []
-        while isinstance(fn, Independent):
-            depth.append(fn.reinterpreted_batch_ndims)
-            fn = fn.base_dist
-        for ndims in reversed(depth):
+        normal = _FixedNoiseNormal(base, kappa, constant)
+        fixed: torch.distributions.Distribution = normal
+        for ndims in reversed(event_dims):
             fixed = dist.Independent(fixed, ndims)
-        return fixed
+        return fixed, normal.sample_value
 
     def _value(self, name: str, fn: torch.distributions.Distribution) -> torch.Tensor | None:
         while isinstance(fn, Independent):
@@ -121,13 +122,6 @@ class FixedReparamNoise(Messenger):
                 "the batch"
             )
         return kappa
-
-
-def _base(fn: torch.distributions.Distribution) -> torch.distributions.Distribution:
-    """``fn`` without its ``Independent`` wrappers."""
-    while isinstance(fn, Independent):
-        fn = fn.base_dist
-    return fn
 
 
 class _FixedNoiseNormal(dist.Normal):
