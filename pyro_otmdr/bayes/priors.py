@@ -103,9 +103,10 @@ class IsotropicNormal(dist.Independent):
 def _kl_independent_isotropic(p: Independent, q: IsotropicNormal) -> torch.Tensor:
     """``KL(Normal(loc, s).to_event(n) || q)``: the ``Independent``-``Independent`` rule's result.
 
-    Any guide but a plain ``Normal`` over the prior's event falls back to :meth:`to_normal`.
+    A ``Normal`` (subclasses included, as in Torch's own ``Normal``-``Normal`` rule) over the
+    prior's event takes the fused formula; any other guide falls back to :meth:`to_normal`.
     """
-    if type(p.base_dist) not in _NORMALS or p.reinterpreted_batch_ndims != len(q.event_shape):
+    if not isinstance(p.base_dist, Normal) or p.reinterpreted_batch_ndims != len(q.event_shape):
         return kl_divergence(p, q.to_normal())
     return _kl_normal_isotropic(p.base_dist, q)
 
@@ -113,12 +114,9 @@ def _kl_independent_isotropic(p: Independent, q: IsotropicNormal) -> torch.Tenso
 @register_kl(Normal, IsotropicNormal)
 def _kl_plain_normal_isotropic(p: Normal, q: IsotropicNormal) -> torch.Tensor:
     """``KL(Normal(loc, s) || q)`` for a prior without event dimensions (a 0-d weight)."""
-    if type(p) not in _NORMALS or q.event_shape:
+    if q.event_shape:
         return kl_divergence(p, q.to_normal())
     return _kl_normal_isotropic(p, q)
-
-
-_NORMALS = (Normal, dist.Normal)
 
 
 def _kl_normal_isotropic(p: Normal, q: IsotropicNormal) -> torch.Tensor:

@@ -11,7 +11,7 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal
 from torch.distributions import kl_divergence
 
 from pyro_otmdr import OTMDR, SAM, AutoDeltaEnsemble, EnsembleELBO
-from pyro_otmdr.bayes import bnn
+from pyro_otmdr.bayes import bnn, priors
 from pyro_otmdr.bayes.bnn import bayesian
 from pyro_otmdr.bayes.priors import IsotropicNormal
 from pyro_otmdr.experiments.models import build_model
@@ -89,6 +89,25 @@ def test_kl_from_a_normal_guide_is_torchs_analytic_kl(shape, dtype):
     _close(kl_divergence(guide, new), kl_divergence(guide, old), dtype)
     point = dist.Delta(loc, event_dim=len(shape))  # Pyro's (Delta, Distribution) rule
     _close(kl_divergence(point, new), kl_divergence(point, old), dtype)
+
+
+def test_kl_from_a_normal_subclass_takes_the_fused_formula(monkeypatch):
+    """A ``Normal`` subclass (OT-MDR's fixed-noise guide site is one) is a ``Normal`` to Torch's
+    KL rules; the fused formula serves it too, with the same value."""
+
+    class FixedNormal(dist.Normal):
+        pass
+
+    new, old = _pair((4, 3), torch.float64)
+    loc, scale = torch.randn(4, 3, dtype=torch.float64), torch.rand(4, 3, dtype=torch.float64)
+    guide = FixedNormal(loc, scale + 0.1).to_event(2)
+    fused = []
+    original = priors._kl_normal_isotropic
+    monkeypatch.setattr(
+        priors, "_kl_normal_isotropic", lambda p, q: fused.append(p) or original(p, q)
+    )
+    _close(kl_divergence(guide, new), kl_divergence(guide, old), torch.float64)
+    assert len(fused) == 1 and type(fused[0]) is FixedNormal
 
 
 def test_kl_falls_back_to_the_expanded_normal_for_other_guides():
