@@ -15,7 +15,7 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from pyro.distributions.util import is_identically_zero
@@ -33,16 +33,10 @@ def loss_and_grads_on_device(
     if type(elbo) is not Trace_ELBO:
         return elbo.loss_and_grads(model, guide, *args, **kwargs)
     loss: torch.Tensor | float = 0.0
-    for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
-        surrogate = _particle_loss(elbo, model_trace, guide_trace) / elbo.num_particles
-        loss = loss + surrogate.detach()
-        trainable = any(
-            site["type"] == "param"
-            for trace in (model_trace, guide_trace)
-            for site in trace.nodes.values()
-        )
-        if trainable and surrogate.requires_grad:
-            surrogate.backward(retain_graph=elbo.retain_graph)
+    for particle, trainable in _particle_losses(elbo, model, guide, args, kwargs):
+        loss = loss + particle.detach()
+        if trainable and particle.requires_grad:
+            particle.backward(retain_graph=elbo.retain_graph)
     return loss
 
 
@@ -53,10 +47,21 @@ def differentiable_loss_on_device(
     returns), with no float conversion when ``elbo`` is a ``Trace_ELBO`` (exactly)."""
     if type(elbo) is not Trace_ELBO:
         return elbo.differentiable_loss(model, guide, *args, **kwargs)
-    loss: torch.Tensor | float = 0.0
+    return sum(particle for particle, _ in _particle_losses(elbo, model, guide, args, kwargs))
+
+
+def _particle_losses(
+    elbo: Trace_ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict
+) -> Iterator[tuple[torch.Tensor, bool]]:
+    """Each particle's loss divided by the number of particles, and whether its traces hold a
+    parameter (Pyro backpropagates only then), one particle at a time."""
     for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
-        loss = loss + _particle_loss(elbo, model_trace, guide_trace) / elbo.num_particles
-    return loss
+        trainable = any(
+            site["type"] == "param"
+            for trace in (model_trace, guide_trace)
+            for site in trace.nodes.values()
+        )
+        yield _particle_loss(elbo, model_trace, guide_trace) / elbo.num_particles, trainable
 
 
 def _particle_loss(elbo: Trace_ELBO, model_trace: Trace, guide_trace: Trace) -> torch.Tensor:
