@@ -4,6 +4,7 @@
 * :mod:`.models`: the paper's model families by name (:func:`~.models.build_model`);
 * :mod:`.training`: the epoch loop over an ``SVI``;
 * :mod:`.checkpoint`: atomic, verified checkpoints;
+* :mod:`.outputs`: atomic, verified output files;
 * :mod:`.config`: :class:`ExperimentConfig` to a built, trained and evaluated experiment;
 * :mod:`.cli`: the ``otmdr`` command.
 
@@ -26,6 +27,7 @@ from .names import DATA_ROBUST, DEFAULT_RHO, GUIDES, METHODS, OPTIMIZERS, SCHEDU
 #: The names of :mod:`.config`, loaded on first use so that ``otmdr --help`` imports no torch.
 _CONFIG_NAMES = (
     "DATA_ROBUST_LOSSES",
+    "RUNTIME_KEYS",
     "Experiment",
     "ExperimentConfig",
     "attack_experiment",

@@ -34,7 +34,6 @@ import hashlib
 import io
 import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,10 +44,15 @@ import pyro.distributions.constraints as constraints
 import torch
 from torch import nn
 
+from .outputs import write_bytes
+
 __all__ = ["FORMAT", "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "pyro_otmdr.checkpoint"
 VERSION = 1
+
+#: What every checkpoint's contents hold (``None`` where nothing was saved).
+_CONTENTS = {"epoch", "step", "param_store", "module", "optim", "loss", "scheduler", "rng", "extra"}
 
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
 
@@ -142,34 +146,13 @@ def _envelope(contents: dict[str, Any]) -> dict[str, Any]:
 
 
 def _atomic_save(contents: dict[str, Any], path: Path) -> Path:
-    envelope = _envelope(contents)
+    """The envelope serialised in memory, then written atomically: a full disk or a read-only
+    directory is an :class:`~pyro_otmdr.experiments.outputs.OutputError` and the previous
+    checkpoint is kept."""
+    buffer = io.BytesIO()
+    torch.save(_envelope(contents), buffer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(envelope, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return write_bytes(path, buffer.getbuffer())
 
 
 def _param_store_state() -> dict[str, Any]:
@@ -319,10 +302,17 @@ def _read(path: Path) -> dict[str, Any]:
             f"{path} is a checkpoint of format version {envelope.get('version')!r}; this "
             f"version of pyro_otmdr reads version {VERSION}"
         )
-    payload = envelope["payload"].numpy().tobytes()
-    if hashlib.sha256(payload).hexdigest() != envelope["sha256"]:
+    payload, sha256 = envelope.get("payload"), envelope.get("sha256")
+    if not isinstance(payload, torch.Tensor) or not isinstance(sha256, str):
+        raise CheckpointError(f"{path} is a damaged checkpoint: its envelope holds no payload")
+    payload = payload.numpy().tobytes()
+    if hashlib.sha256(payload).hexdigest() != sha256:
         raise CheckpointError(f"{path} is corrupted: its contents do not match their checksum")
-    return _load(io.BytesIO(payload), path)
+    contents = _load(io.BytesIO(payload), path)
+    missing = sorted(_CONTENTS - set(contents)) if isinstance(contents, dict) else ["all"]
+    if missing:
+        raise CheckpointError(f"{path} is a damaged checkpoint: it lacks {', '.join(missing)}")
+    return contents
 
 
 def _load(source: Path | io.BytesIO, path: Path) -> Any:

@@ -31,6 +31,8 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -71,6 +73,7 @@ __all__ = [
     "GUIDES",
     "METHODS",
     "OPTIMIZERS",
+    "RUNTIME_KEYS",
     "SCHEDULES",
     "Experiment",
     "ExperimentConfig",
@@ -165,6 +168,8 @@ class ExperimentConfig:
             raise ValueError(
                 f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}"
             )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if self.width is not None and self.model not in ("cnn", "resnet10", "resnet18"):
             raise ValueError(f"width applies to cnn, resnet10 and resnet18, not {self.model!r}")
         rho = DEFAULT_RHO[self.guide] if self.rho is None else self.rho
@@ -176,17 +181,58 @@ class ExperimentConfig:
         out["hidden"] = list(self.hidden)
         return out
 
+    def fingerprint(self) -> str:
+        """The SHA-256 of the settings that decide the results: all but :data:`RUNTIME_KEYS`.
+
+        A checkpoint records it, so a run directory whose ``config.json`` was edited is caught.
+        """
+        decisive = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+        return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
-        """The inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        """The inverse of :meth:`to_dict`; unknown keys and values of the wrong type are errors."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a configuration is a JSON object, got {type(values).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"unknown configuration keys {unknown}; known: {sorted(known)}")
+        for name, value in values.items():
+            _check_type(name, known[name].type, value)
         values = dict(values)
         if "hidden" in values:
             values["hidden"] = tuple(values["hidden"])
         return cls(**values)
+
+
+#: Where and how a run executes, not what it computes: ``config.json`` may change these (another
+#: device, a moved data folder) and still match the checkpoint's fingerprint.
+RUNTIME_KEYS = ("device", "num_workers", "data_dir", "download")
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "None": (type(None),),
+}
+
+
+def _check_type(name: str, annotation: str, value: Any) -> None:
+    """``ValueError`` unless the JSON ``value`` of field ``name`` fits its ``annotation``."""
+    if annotation.startswith("tuple"):  # tuple[int, ...]: a list of ints in JSON
+        ok = isinstance(value, list | tuple) and all(_fits(v, (int,)) for v in value)
+    else:
+        ok = _fits(
+            value, tuple(t for part in annotation.split("|") for t in _JSON_TYPES[part.strip()])
+        )
+    if not ok:
+        raise ValueError(f"configuration key {name!r} must be {annotation}, got {value!r}")
+
+
+def _fits(value: Any, kinds: tuple[type, ...]) -> bool:
+    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
 
 
 def _check_choice(what: str, value: str, allowed: Sequence[str]) -> None:
@@ -480,6 +526,7 @@ def train_experiment(
     on_epoch: Callable[[EpochStats, dict], None] | None = None,
     start_epoch: int = 0,
     progress: bool | None = None,
+    skip_nonfinite: bool = False,
 ) -> list[dict[str, float]]:
     """Train for ``config.epochs``; return one dict per epoch (loss, accuracy, lr, timing).
 
@@ -487,26 +534,32 @@ def train_experiment(
     validation split, or the test split when there is none, is measured; ``log`` gets one line
     per epoch and ``on_epoch(stats, record)`` is called (to write a checkpoint, say). A resumed
     run starts at ``start_epoch`` (the number of epochs already done). ``progress`` is the
-    progress bar over each epoch's steps (default: only on a terminal).
+    progress bar over each epoch's steps (default: only on a terminal). ``skip_nonfinite``
+    skips a batch whose loss is not finite, parameters untouched, and counts it (``skipped``).
 
-    The loss is the mean step loss divided by the number of training examples.
+    The loss is the mean step loss divided by the number of training examples; ``lr`` is the
+    rate the epoch's steps used (read after its first step: a resumed run's optimisers, and
+    with them its scheduled rate, exist only from then on).
     """
     config = experiment.config
     monitor = "val" if experiment.splits.val is not None else "test"
     history: list[dict[str, float]] = []
-    lrs: list[float] = []
+    rates: dict[int, float] = {}
 
-    def batches(epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        lrs.append(experiment.current_lr())  # the rate of this epoch, before the scheduler moves
-        return experiment.train_batches(epoch)
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for index, batch in enumerate(experiment.train_batches(epoch)):
+            yield batch
+            if index == 0:
+                rates[epoch] = experiment.current_lr()
 
     def after_epoch(stats: EpochStats) -> None:
         record = {
             "epoch": stats.epoch + 1,
             "loss": stats.loss / experiment.num_data,
             f"{monitor}_accuracy": _monitor_accuracy(experiment, monitor),
-            "lr": lrs[-1],
+            "lr": rates.get(stats.epoch, experiment.current_lr()),
             "steps": stats.steps,
+            "skipped": stats.skipped,
             "step_ms": stats.step_ms,
             "seconds": stats.seconds,
         }
@@ -530,6 +583,7 @@ def train_experiment(
         scheduler=scheduler,
         on_epoch=after_epoch,
         progress=progress,
+        skip_nonfinite=skip_nonfinite,
     )
     return history
 

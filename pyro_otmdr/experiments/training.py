@@ -17,15 +17,21 @@ Usage::
 
 from __future__ import annotations
 
+import functools
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from pyro import poutine
 from pyro.infer import SVI
+from pyro.infer.util import torch_item, zero_grads
 from tqdm.auto import tqdm
 
-__all__ = ["EpochStats", "fit", "shuffled_batches", "train"]
+from ..model_space import NonFiniteLossError
+
+__all__ = ["EpochStats", "checked_step", "fit", "shuffled_batches", "train"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class EpochStats:
     :ivar step_seconds: the summed wall time of the timed steps.
     :ivar timed_steps: the steps timed (all but the run's very first, which sets things up).
     :ivar seconds: the epoch's wall time, data loading included.
+    :ivar skipped: the batches skipped because their step raised
+        :class:`~pyro_otmdr.NonFiniteLossError` (``skip_nonfinite=True``).
     """
 
     epoch: int
@@ -46,6 +54,7 @@ class EpochStats:
     step_seconds: float
     timed_steps: int
     seconds: float
+    skipped: int = 0
 
     @property
     def step_ms(self) -> float:
@@ -74,29 +83,66 @@ def _sync(batch: Sequence[torch.Tensor]) -> None:
             return
 
 
+def checked_step(svi: SVI, *args, **kwargs) -> float:
+    """``svi.step(*args, **kwargs)`` that refuses a NaN or infinite loss before the optimiser
+    moves anything, for any loss (Pyro's own ELBOs included).
+
+    :raises NonFiniteLossError: the parameters, their gradients and the optimiser's state are as
+        they were before the step.
+    """
+    with poutine.trace(param_only=True) as capture:
+        loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
+    params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+    value = torch_item(loss)
+    if not math.isfinite(value):
+        zero_grads(params)
+        raise NonFiniteLossError(
+            f"the loss is {value}; the step was not taken (parameters and optimiser unchanged)"
+        )
+    svi.optim(params)
+    zero_grads(params)
+    return value
+
+
 def _run_epoch(
-    svi: SVI, epoch: int, batches: Iterable[Sequence], first: bool, quiet: bool | None
+    svi: SVI,
+    epoch: int,
+    batches: Iterable[Sequence],
+    first: bool,
+    quiet: bool | None,
+    skip_nonfinite: bool,
 ) -> EpochStats:
     start = time.perf_counter()
     losses: list[float] = []
-    step_seconds, timed = 0.0, 0
+    step_seconds, timed, skipped = 0.0, 0, 0
+    step = functools.partial(checked_step, svi) if skip_nonfinite else svi.step
     bar = tqdm(batches, desc=f"epoch {epoch}", unit="step", leave=False, disable=quiet)
     for batch in bar:
         if len(batch[0]) < 2:
             continue
         _sync(batch)
         tick = time.perf_counter()
-        losses.append(svi.step(*batch))
+        try:
+            losses.append(step(*batch))
+        except NonFiniteLossError:
+            if not skip_nonfinite:
+                raise
+            skipped += 1
+            continue
         _sync(batch)
         if not (first and len(losses) == 1):
             step_seconds += time.perf_counter() - tick
             timed += 1
         bar.set_postfix(loss=f"{losses[-1]:.4g}")
     if not losses:
-        raise ValueError("an epoch had no batch of at least 2 examples")
+        raise ValueError(
+            f"epoch {epoch} took no step: {skipped} batches skipped as non-finite"
+            if skipped
+            else "an epoch had no batch of at least 2 examples"
+        )
     mean = sum(losses) / len(losses)
     seconds = time.perf_counter() - start
-    return EpochStats(epoch, mean, len(losses), step_seconds, timed, seconds)
+    return EpochStats(epoch, mean, len(losses), step_seconds, timed, seconds, skipped)
 
 
 def train(
@@ -108,6 +154,7 @@ def train(
     scheduler=None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     progress: bool | None = None,
+    skip_nonfinite: bool = False,
 ) -> list[EpochStats]:
     """Run ``epochs`` epochs of ``svi.step(*batch)`` over ``batches(epoch)``.
 
@@ -120,6 +167,10 @@ def train(
         ``start_epoch`` epochs.
     :param progress: a progress bar over each epoch's steps, with the last step's loss;
         default (``None``): only when stderr is a terminal, so logs stay readable.
+    :param skip_nonfinite: skip a batch whose loss is NaN or infinite, with the parameters and
+        the optimiser's state as they were (steps go through :func:`checked_step`), and count it
+        in :attr:`EpochStats.skipped`; by default such a batch raises
+        :class:`~pyro_otmdr.NonFiniteLossError`.
     """
     if epochs < 1 or not 0 <= start_epoch <= epochs:
         raise ValueError(
@@ -129,7 +180,7 @@ def train(
     quiet = None if progress is None else not progress  # tqdm: None = off unless a terminal
     for epoch in range(start_epoch, epochs):
         first = epoch == start_epoch
-        history.append(_run_epoch(svi, epoch, batches(epoch), first, quiet))
+        history.append(_run_epoch(svi, epoch, batches(epoch), first, quiet, skip_nonfinite))
         if scheduler is not None:
             scheduler.step()
         if on_epoch is not None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 from collections.abc import Sequence
 
 from .parser import RunError, UsageError, build_parser
@@ -45,8 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``otmdr`` command line; returns the exit status.
 
     Bad flags, and argument values that only the run can check, exit with status 2 and an
-    argparse-style message; a data set that is missing or broken exits with status 1; Ctrl-C
-    exits with status 130.
+    argparse-style message. Every other expected failure (a run directory that is missing,
+    damaged, locked, read-only or does not match its checkpoint, a full disk, a data set that is
+    missing, a non-finite loss) prints one line ``otmdr COMMAND: error: ...`` and exits with
+    status 1; ``--debug`` shows the traceback as well. Ctrl-C exits with status 130.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -55,8 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = importlib.import_module(f"{__name__}.{args.module}")
         return command.run(args)
     except UsageError as err:
+        if args.debug:
+            traceback.print_exc()
         subparser.error(str(err))
-    except (FileNotFoundError, RuntimeError, RunError) as err:
+    except (OSError, RuntimeError, ValueError, ArithmeticError, RunError) as err:
+        if args.debug:
+            traceback.print_exc()
         print(f"otmdr {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -13,13 +13,30 @@ from __future__ import annotations
 import argparse
 
 from ..config import attack_experiment
-from .rundir import add_to_tree, environment, load_run, write_json
+from .rundir import (
+    add_to_tree,
+    environment,
+    load_run,
+    read_tree,
+    require_run,
+    write_json,
+    write_plot,
+)
+from .runlock import run_lock
 
 __all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:
     """``otmdr attack RUN_DIR``: robustness report, ``robustness.json`` and ``robustness.png``."""
+    with run_lock(require_run(args.run_dir), "attack"):
+        return _attack(args)
+
+
+def _attack(args: argparse.Namespace) -> int:
+    tree_path = args.run_dir / "tree.nc"
+    if tree_path.is_file():
+        read_tree(tree_path)  # a damaged tree stops the command before the attacks run
     experiment, checkpoint = load_run(args.run_dir, args.device)
     report = attack_experiment(
         experiment,
@@ -32,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
     )
     extra = {"split": args.split, "epoch": checkpoint.epoch, **environment()}
     write_json(args.run_dir / "robustness.json", {**extra, **report.to_dict()})
-    report.plot(args.run_dir / "robustness.png")
-    tree_path = args.run_dir / "tree.nc"
+    write_plot(args.run_dir / "robustness.png", report.plot)
     if tree_path.is_file():
         group = "robustness" if args.split == "test" else f"robustness_{args.split}"
         add_to_tree(tree_path, report.to_dataset(), group)

@@ -54,8 +54,9 @@ from ..config import (
     train_experiment,
 )
 from ..names import DATA_ROBUST_PARAMS
+from ..outputs import atomic_path, write_text
 from .parser import UsageError
-from .rundir import config_from_args, mean_step_ms, write_json
+from .rundir import config_from_args, mean_step_ms, write_json, write_plot
 
 __all__ = ["DEFAULT_ROBUST_BUDGET", "ROBUST_THREATS", "markdown_table", "run", "select_rho"]
 
@@ -388,14 +389,14 @@ def _write_outputs(rows: list[dict], args: argparse.Namespace) -> str:
     if any(len({r["rho"] for r in rows if _cell(r) == k}) > 1 for k in chosen):
         every = markdown_table(rows, args.guides, args.methods, chosen, every_rho=True)
         text += f"\nEvery radius (* the chosen one):\n\n{every}"
-    (args.out / "results.md").write_text(text)
+    write_text(args.out / "results.md", text)
     write_json(args.out / "runs.json", rows)
     fields = list(dict.fromkeys(key for row in rows for key in row))
-    with open(args.out / "compare.csv", "w", newline="") as f:
+    with atomic_path(args.out / "compare.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    plot_comparison(rows, chosen, args.out / "compare.png")
+    write_plot(args.out / "compare.png", lambda tmp: plot_comparison(rows, chosen, tmp))
     return table
 
 

@@ -15,13 +15,31 @@ from __future__ import annotations
 import argparse
 
 from ..config import evaluate_experiment, ood_inputs, shift_experiment
-from .rundir import add_to_tree, environment, load_run, print_metrics, write_evaluation, write_json
+from .rundir import (
+    add_to_tree,
+    environment,
+    load_run,
+    print_metrics,
+    read_tree,
+    require_run,
+    write_evaluation,
+    write_json,
+    write_plot,
+)
+from .runlock import run_lock
 
 __all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:
     """``otmdr evaluate RUN_DIR``: rebuild, load the checkpoint, evaluate, write JSON and PNGs."""
+    with run_lock(require_run(args.run_dir), "evaluate"):
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    if args.shift and (args.run_dir / "tree.nc").is_file():
+        read_tree(args.run_dir / "tree.nc")  # a damaged tree stops the command before the work
     experiment, checkpoint = load_run(args.run_dir, args.device)
     x_ood = None if args.ood is None else ood_inputs(experiment, args.ood)
     result = evaluate_experiment(experiment, args.split, x_ood=x_ood, num_samples=args.num_samples)
@@ -48,7 +66,7 @@ def _shift(args: argparse.Namespace, experiment, extra: dict) -> None:
         progress=False if args.quiet else None,
     )
     write_json(args.run_dir / "shift.json", {**extra, **result.to_dict(), **environment()})
-    result.plot(args.run_dir / "shift.png")
+    write_plot(args.run_dir / "shift.png", result.plot)
     if (args.run_dir / "tree.nc").is_file():
         add_to_tree(args.run_dir / "tree.nc", result.to_dataset(), "shift")
     print("under shift (accuracy / NLL / ECE):")

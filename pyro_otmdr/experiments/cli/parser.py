@@ -120,6 +120,30 @@ def box_fraction(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def out_dir(text: str) -> Path:
+    """An argparse type: a directory to write into; not empty, not ``/``, not an existing file."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty path would write into the current directory; name a directory"
+        )
+    path = Path(text)
+    if path.resolve() == Path(path.resolve().anchor):
+        raise argparse.ArgumentTypeError(f"refusing to write into the root directory {text!r}")
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a directory")
+    return path
+
+
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), help="where to run (default: cuda when available)"
@@ -166,7 +190,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, grid: bool) -> None:
     opt.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="per-epoch lr")
     run = parser.add_argument_group("run")
     if not grid:
-        run.add_argument("--seed", type=int, default=0)
+        run.add_argument("--seed", type=_non_negative_int, default=0)
     run.add_argument("--num-samples", type=pos_int, default=32, help="AutoNormal test draws")
     _add_device(run)
     run.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
@@ -215,10 +239,23 @@ def _add_shift_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _train_parser(commands: Any) -> None:
+def _train_parser(commands: Any) -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one run and write a run directory")
     _add_run_flags(train, grid=False)
-    train.add_argument("--out", type=Path, help="run directory (default runs/DATASET-GUIDE-METHOD)")
+    train.add_argument(
+        "--out", type=out_dir, help="run directory (default runs/DATASET-GUIDE-METHOD)"
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (its files, attack and shift outputs included)",
+    )
+    train.add_argument(
+        "--skip-nonfinite",
+        action="store_true",
+        help="skip a batch whose loss is NaN or infinite (parameters untouched), counted in "
+        "history.json, instead of stopping",
+    )
     train.add_argument("--quiet", action="store_true", help="no per-epoch lines, no progress bar")
     train.add_argument(
         "--resume",
@@ -227,9 +264,10 @@ def _train_parser(commands: Any) -> None:
         help="continue the run saved in RUN_DIR (its config.json; other run flags are ignored)",
     )
     train.set_defaults(module="train")
+    return train
 
 
-def _evaluate_parser(commands: Any) -> None:
+def _evaluate_parser(commands: Any) -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a run directory again")
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     evaluate.add_argument("--split", choices=("test", "val"), default="test")
@@ -239,9 +277,10 @@ def _evaluate_parser(commands: Any) -> None:
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_device(evaluate)
     evaluate.set_defaults(module="evaluate")
+    return evaluate
 
 
-def _attack_parser(commands: Any) -> None:
+def _attack_parser(commands: Any) -> argparse.ArgumentParser:
     attack = commands.add_parser("attack", help="robust accuracy of a run under attacks")
     attack.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     attack.add_argument(
@@ -262,9 +301,10 @@ def _attack_parser(commands: Any) -> None:
     attack.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_device(attack)
     attack.set_defaults(module="attack")
+    return attack
 
 
-def _compare_parser(commands: Any) -> None:
+def _compare_parser(commands: Any) -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="train guides x methods x seeds, tabulate")
     compare.add_argument("--guides", type=name_list(GUIDES), default=list(GUIDES))
     compare.add_argument("--methods", type=name_list(METHODS), default=list(METHODS))
@@ -286,9 +326,10 @@ def _compare_parser(commands: Any) -> None:
         type=positive(int),
         help="AutoNormal draws the attacks go through (default --num-samples)",
     )
-    compare.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
+    compare.add_argument("--out", type=out_dir, default=Path("runs/compare"), help="output folder")
     compare.add_argument("--quiet", action="store_true", help="no progress bar, no run lines")
     compare.set_defaults(module="compare")
+    return compare
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,5 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_train_parser, _evaluate_parser, _attack_parser, _compare_parser):
-        add(commands)
+        add(commands).add_argument(
+            "--debug", action="store_true", help="on an error, show its traceback too"
+        )
     return parser

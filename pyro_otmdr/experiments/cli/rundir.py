@@ -12,9 +12,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
-import os
 import statistics
 import sys
 from collections.abc import Sequence
@@ -28,24 +28,57 @@ import torch
 
 from ...evaluation import EvaluationResult
 from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from ..config import Experiment, ExperimentConfig, build_experiment, warm_up
+from ..config import RUNTIME_KEYS, Experiment, ExperimentConfig, build_experiment, warm_up
+from ..outputs import (
+    ChecksumError,
+    atomic_path,
+    read_verified,
+    remove_temporaries,
+    staged,
+    write_text,
+    write_verified,
+)
 from .parser import RunError, UsageError
 
 __all__ = [
     "DEFAULT_LR",
+    "RUN_FILES",
     "add_to_tree",
+    "clear_run",
     "config_from_args",
     "environment",
+    "holds_run",
     "load_run",
     "mean_step_ms",
     "print_metrics",
+    "read_tree",
+    "require_run",
     "resolve_device",
     "save_run_checkpoint",
     "write_evaluation",
     "write_json",
+    "write_plot",
+    "write_tree",
 ]
 
 DEFAULT_LR = {"adam": 1e-2, "sgd": 0.1}
+
+#: The files of a run directory, as globs: what ``train``, ``evaluate`` and ``attack`` write.
+#: ``train --overwrite`` removes these (and only these) before it starts.
+RUN_FILES = (
+    "config.json",
+    "checkpoint.pt",
+    "history.json",
+    "metrics.json",
+    "tree.nc",
+    "tree.nc.sha256",
+    "calibration*.png",
+    "evaluation-*.json",
+    "robustness.json",
+    "robustness.png",
+    "shift.json",
+    "shift.png",
+)
 
 
 def resolve_device(device: str | None) -> str:
@@ -97,8 +130,24 @@ def config_from_args(args: argparse.Namespace, **grid: Any) -> ExperimentConfig:
 
 
 def write_json(path: Path, value: Any) -> None:
-    """``value`` as indented JSON at ``path`` (NaN allowed)."""
-    path.write_text(json.dumps(value, indent=2, allow_nan=True) + "\n")
+    """``value`` as indented JSON at ``path`` (NaN allowed), written atomically."""
+    write_text(path, json.dumps(value, indent=2, allow_nan=True) + "\n")
+
+
+def holds_run(run_dir: Path) -> list[Path]:
+    """The files of :data:`RUN_FILES` in ``run_dir`` (empty: no run there)."""
+    if not run_dir.is_dir():
+        return []
+    return sorted({p for pattern in RUN_FILES for p in run_dir.glob(pattern) if p.is_file()})
+
+
+def clear_run(run_dir: Path) -> list[Path]:
+    """Remove a run's files (:data:`RUN_FILES`, attack and shift outputs included) and the
+    temporary files of interrupted writes; other files stay. Returns what was removed."""
+    found = holds_run(run_dir)
+    for path in found:
+        path.unlink()
+    return found + remove_temporaries(run_dir)
 
 
 def save_run_checkpoint(
@@ -112,7 +161,9 @@ def save_run_checkpoint(
     ``extra["objective_state"]``: OT-MDR's ``state_dict`` holds only its own generators.
     """
     buffers = {name: value.detach() for name, value in experiment.model.named_buffers()}
-    extra = {"config": experiment.config.to_dict(), "history": history, "model_buffers": buffers}
+    config = experiment.config
+    extra = {"config": config.to_dict(), "config_fingerprint": config.fingerprint()}
+    extra.update(history=history, model_buffers=buffers)
     objective = _stateful_objective(experiment.loss)
     if objective is not None:
         extra["objective_state"] = objective.state_dict()
@@ -121,20 +172,29 @@ def save_run_checkpoint(
     )
 
 
+def require_run(run_dir: Path) -> Path:
+    """``run_dir``, or a usage error if it holds no ``config.json`` and ``checkpoint.pt``."""
+    for name in ("config.json", "checkpoint.pt"):
+        if not (run_dir / name).is_file():
+            raise UsageError(f"{run_dir} is not a run directory of 'otmdr train': no {name}")
+    return run_dir
+
+
 def load_run(run_dir: Path, device: str | None) -> tuple[Experiment, Checkpoint]:
-    """Rebuild a run from ``config.json`` and load ``checkpoint.pt`` into it."""
+    """Rebuild a run from ``config.json`` and load ``checkpoint.pt`` into it.
+
+    :raises RunError: if ``config.json`` is unreadable, or does not match the configuration the
+        checkpoint was trained with (naming the keys that differ), or the checkpoint is damaged.
+    """
     device = resolve_device(device)
+    require_run(run_dir)
     config_path, checkpoint_path = run_dir / "config.json", run_dir / "checkpoint.pt"
-    for path in (config_path, checkpoint_path):
-        if not path.is_file():
-            raise UsageError(f"{run_dir} is not a run directory of 'otmdr train': no {path.name}")
+    config = _read_config(config_path)
     try:
-        config = ExperimentConfig.from_dict(json.loads(config_path.read_text()))
-    except ValueError as err:
-        raise RunError(f"{config_path}: {err}") from None
-    experiment = build_experiment(replace(config, device=device))
-    warm_up(experiment)  # the guide builds its parameters (and draws from the RNG) before loading
-    try:
+        saved = load_checkpoint(checkpoint_path, param_store=False, restore_rng=False)
+        _check_matches(config, saved.extra, config_path)
+        experiment = build_experiment(replace(config, device=device))
+        warm_up(experiment)  # the guide builds its parameters (and draws from the RNG) first
         checkpoint = load_checkpoint(
             checkpoint_path, optim=experiment.optim, loss=experiment.loss, map_location=device
         )
@@ -147,6 +207,34 @@ def load_run(run_dir: Path, device: str | None) -> tuple[Experiment, Checkpoint]
         state = checkpoint.extra["objective_state"]
         objective.load_state_dict({k: _on(v, device) for k, v in state.items()})
     return experiment, checkpoint
+
+
+def _read_config(path: Path) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.from_dict(json.loads(path.read_text())).resolved()
+    except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
+        raise RunError(f"{path}: {err}") from None
+
+
+def _check_matches(config: ExperimentConfig, extra: dict, config_path: Path) -> None:
+    """``RunError`` unless ``config`` is the configuration the checkpoint was trained with."""
+    if not isinstance(extra.get("config"), dict):
+        raise CheckpointError(f"{config_path.parent / 'checkpoint.pt'} records no configuration")
+    try:
+        trained = ExperimentConfig.from_dict(extra["config"])
+    except ValueError as err:
+        raise CheckpointError(f"the configuration in checkpoint.pt cannot be read: {err}") from None
+    fingerprint = extra.get("config_fingerprint", trained.fingerprint())
+    if config.fingerprint() == fingerprint:
+        return
+    here, there = config.to_dict(), trained.to_dict()
+    keys = [k for k in here if k not in RUNTIME_KEYS and here[k] != there[k]]
+    differences = "; ".join(f"{k}: {here[k]!r} there, {there[k]!r} trained" for k in keys)
+    raise RunError(
+        f"{config_path} does not match the configuration checkpoint.pt was trained with "
+        f"({differences or 'the checkpoint fingerprint differs'}): put the trained values back "
+        "into config.json, or train a new run"
+    )
 
 
 def _stateful_objective(loss: Any) -> Any:
@@ -181,7 +269,14 @@ def write_evaluation(
 ) -> None:
     """``<name><suffix>.json`` with the metrics, ``calibration<suffix>.png`` and its PAV plot."""
     write_json(out / f"{name}{suffix}.json", {**extra, "metrics": result.metrics})
-    result.plot_calibration(out / f"calibration{suffix}.png")
+    with staged(out) as folder:
+        result.plot_calibration(folder / f"calibration{suffix}.png")
+
+
+def write_plot(path: Path, plot: Any) -> None:
+    """``plot(tmp)`` (a result's ``plot`` method) into a temporary file that replaces ``path``."""
+    with atomic_path(path) as tmp:
+        plot(tmp)
 
 
 def print_metrics(metrics: dict[str, float]) -> None:
@@ -196,20 +291,34 @@ def mean_step_ms(history: Sequence[dict]) -> float:
     return statistics.fmean([r["step_ms"] for r in timed], weights=[r["steps"] for r in timed])
 
 
-def add_to_tree(path: Path, dataset: Any, group: str) -> None:
-    """Rewrite the run's ArviZ ``tree.nc`` with ``dataset`` as its group ``group``.
+def write_tree(path: Path, tree: Any) -> None:
+    """The ArviZ ``DataTree`` as netCDF at ``path``, atomically, with its SHA-256 beside it
+    (``tree.nc.sha256``). It is serialised in memory first: h5py crashes on a full disk."""
+    write_verified(path, tree.to_netcdf(None, engine="h5netcdf"))
 
-    The new tree goes to a temporary file that replaces the old one only once it is complete, so
-    a failed write leaves the old ``tree.nc`` as it was.
+
+def read_tree(path: Path) -> Any:
+    """The run's ``tree.nc``, loaded, after checking it against its checksum.
+
+    :raises RunError: if it does not match its checksum or cannot be read.
     """
     import xarray as xr
 
-    with xr.open_datatree(path) as tree:
-        tree = tree.load()
-    tree[group] = xr.DataTree(dataset)
-    partial = path.with_name(f".{path.name}.partial")
     try:
-        tree.to_netcdf(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+        data = read_verified(path)
+        with xr.open_datatree(io.BytesIO(data), engine="h5netcdf") as tree:
+            return tree.load()
+    except ChecksumError as err:
+        raise RunError(str(err)) from None
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path} is not a readable ArviZ tree: {err}") from None
+
+
+def add_to_tree(path: Path, dataset: Any, group: str) -> None:
+    """Rewrite the run's ArviZ ``tree.nc`` with ``dataset`` as its group ``group`` (atomically:
+    a failed write leaves the old ``tree.nc`` as it was)."""
+    import xarray as xr
+
+    tree = read_tree(path)
+    tree[group] = xr.DataTree(dataset)
+    write_tree(path, tree)

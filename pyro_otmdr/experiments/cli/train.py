@@ -1,5 +1,9 @@
 """``otmdr train``: train one run, checkpoint every epoch, evaluate it, write the run directory.
 
+The run directory is locked while the command runs (a second process writing it is refused);
+``--out`` naming a directory that holds a run is refused unless ``--overwrite`` is given, which
+removes that run's files first. ``--skip-nonfinite`` skips a batch whose loss is not finite.
+
 Ctrl-C is a normal way to stop: the command says where the last checkpoint is and prints the
 exact ``otmdr train --resume RUN_DIR`` command, and exits with status 130.
 
@@ -8,6 +12,7 @@ Usage::
     otmdr train --guide normal --method otmdr --epochs 30 --out runs/bnn
     otmdr train --guide delta --method otmdr --data-robust trades --eps 0.1 --beta 6
     otmdr train --resume runs/bnn
+    otmdr train --guide delta --epochs 5 --out runs/bnn --overwrite   # replace that run
 """
 
 from __future__ import annotations
@@ -26,35 +31,56 @@ from ..config import (
     train_experiment,
 )
 from ..names import DATA_ROBUST_PARAMS
+from .parser import UsageError
 from .rundir import (
+    clear_run,
     config_from_args,
     environment,
+    holds_run,
     load_run,
     mean_step_ms,
     print_metrics,
+    require_run,
     save_run_checkpoint,
     write_evaluation,
     write_json,
+    write_tree,
 )
+from .runlock import run_lock
 
 __all__ = ["run"]
 
 
-def _start(args: argparse.Namespace) -> tuple[Experiment, Path, int, int, list[dict]]:
-    """A new run from the flags, or (``--resume RUN_DIR``) the run saved in a run directory."""
+def _out(args: argparse.Namespace) -> tuple[Path, ExperimentConfig | None]:
+    """The run directory, and the new run's configuration (``None`` with ``--resume``)."""
     if args.resume is not None:
-        experiment, checkpoint = load_run(args.resume, args.device)
-        history = list(checkpoint.extra["history"])
-        return experiment, args.resume, checkpoint.epoch, checkpoint.step, history
+        return require_run(args.resume), None
     config = config_from_args(
         args, guide=args.guide, method=args.method, seed=args.seed, data_robust=args.data_robust
     )
     name = f"{config.dataset}-{config.guide}-{config.method}"
     name += f"-{config.data_robust}" if config.data_robust != "none" else ""
-    out = args.out or Path("runs") / name
-    out.mkdir(parents=True, exist_ok=True)
+    return args.out or Path("runs") / name, config
+
+
+def _start(
+    args: argparse.Namespace, out: Path, config: ExperimentConfig | None
+) -> tuple[Experiment, int, int, list[dict]]:
+    """A new run in ``out`` (refusing, without ``--overwrite``, to replace a run there), or the
+    run saved there (``--resume``). Call it under the directory's lock."""
+    if config is None:
+        experiment, checkpoint = load_run(out, args.device)
+        return experiment, checkpoint.epoch, checkpoint.step, list(checkpoint.extra["history"])
+    found = holds_run(out)
+    if found and not args.overwrite:
+        names = ", ".join(p.name for p in found[:4]) + (", ..." if len(found) > 4 else "")
+        raise UsageError(
+            f"--out {out} holds a run already ({names}): continue it with "
+            f"'otmdr train --resume {shlex.quote(str(out))}', or replace it with --overwrite"
+        )
+    clear_run(out)
     write_json(out / "config.json", config.to_dict())
-    return build_experiment(config), out, 0, 0, []
+    return build_experiment(config), 0, 0, []
 
 
 def _interrupted(out: Path, history: list[dict]) -> int:
@@ -69,7 +95,7 @@ def _interrupted(out: Path, history: list[dict]) -> int:
     else:
         print(
             "\ninterrupted before the first epoch ended: there is no checkpoint to resume "
-            "from; run the same command again",
+            "from; run the same command again with --overwrite",
             file=sys.stderr,
         )
     return 130
@@ -86,7 +112,21 @@ def _robust_settings(config: ExperimentConfig) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """``otmdr train``: train, checkpoint every epoch, evaluate on test, write the run dir."""
-    experiment, out, start_epoch, steps, history = _start(args)
+    out, config = _out(args)
+    if config is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out, "train"):
+        return _train(args, out, *_start(args, out, config))
+
+
+def _train(
+    args: argparse.Namespace,
+    out: Path,
+    experiment: Experiment,
+    start_epoch: int,
+    steps: int,
+    history: list[dict],
+) -> int:
     config = experiment.config
     if start_epoch:
         print(f"resuming {out} after epoch {start_epoch} of {config.epochs}")
@@ -107,7 +147,12 @@ def run(args: argparse.Namespace) -> int:
     log, progress = (None, False) if args.quiet else (print, None)
     try:
         train_experiment(
-            experiment, log=log, on_epoch=checkpoint, start_epoch=start_epoch, progress=progress
+            experiment,
+            log=log,
+            on_epoch=checkpoint,
+            start_epoch=start_epoch,
+            progress=progress,
+            skip_nonfinite=args.skip_nonfinite,
         )
     except KeyboardInterrupt:
         return _interrupted(out, history)
@@ -116,8 +161,9 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_experiment(experiment)
     step_ms = mean_step_ms(history)
     timing = {"step_ms": step_ms, "train_seconds": train_seconds, "steps": steps}
+    timing["skipped"] = sum(record.get("skipped", 0) for record in history)
     write_evaluation(out, "metrics", "", result, {"split": "test", **timing, **environment()})
-    result.to_datatree().to_netcdf(out / "tree.nc")
+    write_tree(out / "tree.nc", result.to_datatree())
     print(f"test ({len(result.labels)} examples, {result.num_draws} draws), {step_ms:.1f} ms/step:")
     print_metrics(result.metrics)
     print(f"run directory: {out}")
