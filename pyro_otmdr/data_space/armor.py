@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .common import NonFiniteValueError
+
 __all__ = ["ArmorDual", "armor_kl"]
 
 
@@ -111,8 +113,9 @@ def armor_kl(
     :param kappa: the temperature floor >= 0 (0.1 in the reference CIFAR-10 script).
     :param costs: per-example transport costs ``(B,)`` >= 0; default none (a hard ball).
     :param lambda_max: the cap on ``lambda`` (the reference code's 100).
-    :raises ValueError: for losses that are not a non-empty 1-D tensor of finite values, a
-        ``budget`` <= 0, ``kappa`` < 0, or costs of another shape.
+    :raises NonFiniteValueError: (a ``ValueError``) for a NaN or infinite loss, naming the first.
+    :raises ValueError: for losses that are not a non-empty 1-D tensor, a ``budget`` <= 0,
+        ``kappa`` < 0, or costs of another shape.
 
     Usage::
 
@@ -122,6 +125,7 @@ def armor_kl(
     _check(losses, budget, kappa, costs, lambda_max)
     costs = torch.zeros_like(losses) if costs is None else costs.to(losses)
     host = torch.stack([losses.detach(), costs.detach()]).double().cpu().numpy()
+    _check_finite(host[0])
     lam, converged = _solve(host[0], host[1], budget, kappa, lambda_max)
     value, _, weights = _dual(losses, costs, lam, budget, kappa)
     return ArmorDual(value, lam, weights.detach(), converged)
@@ -130,8 +134,6 @@ def armor_kl(
 def _check(losses, budget, kappa, costs, lambda_max) -> None:
     if not isinstance(losses, torch.Tensor) or losses.dim() != 1 or losses.numel() == 0:
         raise ValueError("losses must be a non-empty 1-D tensor, one loss per example")
-    if not bool(torch.isfinite(losses).all()):
-        raise ValueError("losses must be finite; check the batch for NaN or infinite losses")
     for name, value, low in (("budget", budget, 0.0), ("lambda_max", lambda_max, 0.0)):
         if not isinstance(value, int | float) or not math.isfinite(value) or not value > low:
             raise ValueError(f"{name} must be a number > 0, got {value!r}")
@@ -139,3 +141,16 @@ def _check(losses, budget, kappa, costs, lambda_max) -> None:
         raise ValueError(f"kappa must be a number >= 0, got {kappa!r}")
     if costs is not None and (not isinstance(costs, torch.Tensor) or costs.shape != losses.shape):
         raise ValueError(f"costs must be a tensor of shape {tuple(losses.shape)}, like losses")
+
+
+def _check_finite(losses: np.ndarray) -> None:
+    """On the host copy of the losses, so that checking them costs no device sync of its own."""
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        index, value = int(bad[0]), float(losses[bad[0]])
+        raise NonFiniteValueError(
+            f"losses must be finite, got {value} at index {index}; check the batch for NaN or "
+            "infinite losses",
+            (index,),
+            value,
+        )

@@ -4,7 +4,9 @@ An attack is a function of ``(predict, x, y, budget, ...)``; this module owns wh
 attack itself:
 
 * :func:`check_attack_args` validates the budget, ``p``, ``cost``, ``loss``, the box and the
-  lengths of ``x`` and ``y`` with ``ValueError`` s that name the allowed values;
+  lengths of ``x`` and ``y`` with ``ValueError`` s that name the allowed values; inputs that are
+  NaN, infinite or outside the box are refused once, at entry (:func:`check_box`, one device
+  synchronisation), NaN and infinity with a :class:`NonFiniteValueError` naming the first entry;
 * :func:`attack_mode` puts the predictor's modules in eval mode and restores their modes after;
 * :func:`loss_pass` runs the predictor over the whole set in chunks and returns the per-example
   input gradients (``torch.autograd.grad`` with respect to the input only, so no parameter is
@@ -32,9 +34,12 @@ from .losses import LOSSES
 __all__ = [
     "COSTS",
     "ORDERS",
+    "NonFiniteValueError",
     "attack_mode",
     "check_attack_args",
+    "check_box",
     "check_choice",
+    "check_inputs",
     "check_positive",
     "dual_exponent",
     "loss_pass",
@@ -49,6 +54,18 @@ COSTS = ("linf", "l2")
 ORDERS = (2, math.inf)
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+class NonFiniteValueError(ValueError):
+    """A tensor given to the data-space layer holds NaN or infinity.
+
+    :ivar index: the index of the first such entry (row-major order).
+    :ivar value: its value: ``nan``, ``inf`` or ``-inf``.
+    """
+
+    def __init__(self, message: str, index: tuple[int, ...], value: float) -> None:
+        super().__init__(message)
+        self.index, self.value = index, value
 
 
 def check_choice(what: str, value: Any, allowed: tuple) -> None:
@@ -88,7 +105,9 @@ def check_attack_args(
     """Validate an attack's arguments; returns ``(p, s)`` as floats.
 
     :param budget: ``(name, value)``, e.g. ``("delta", 0.1)``; the value must be > 0.
-    :raises ValueError: naming the allowed values, for every bad argument.
+    :raises NonFiniteValueError: (a ``ValueError``) for NaN or infinity in ``x``, naming the
+        first such entry.
+    :raises ValueError: naming the allowed values, for every other bad argument.
     """
     check_positive(budget[0], budget[1])
     order = _order(p)
@@ -98,8 +117,14 @@ def check_attack_args(
     return order, s
 
 
-def check_inputs(x: Any, y: Any, box: Any) -> None:
-    """``x`` a float tensor inside ``box``, ``y`` integer labels of the same length."""
+def check_inputs(x: Any, y: Any, box: Any, *, values: bool = True) -> None:
+    """``x`` a float tensor of finite values inside ``box``; ``y`` an integer label per example.
+
+    :param values: also check the values of ``x`` (:func:`check_box`, one device sync); without
+        it, only the shapes and the box, on the host.
+    :raises NonFiniteValueError: for NaN or infinity in ``x``, naming the first entry.
+    :raises ValueError: for every other bad argument.
+    """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
         raise ValueError("x must be a floating-point tensor of shape (N, ...) with N >= 1")
     if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.is_floating_point():
@@ -110,13 +135,44 @@ def check_inputs(x: Any, y: Any, box: Any) -> None:
         )
     if not (isinstance(box, tuple | list) and len(box) == 2 and float(box[0]) < float(box[1])):
         raise ValueError(f"box must be a pair (low, high) with low < high, got {box!r}")
-    low, high = float(box[0]), float(box[1])
-    if bool((x < low).any()) or bool((x > high).any()):
-        raise ValueError(
-            f"x lies outside the box [{low}, {high}] (min {float(x.min()):.4g}, max "
-            f"{float(x.max()):.4g}): give inputs in their natural box and put any "
-            "normalisation inside the model, or pass box=(low, high)"
+    if values:
+        check_box(x, (float(box[0]), float(box[1])))
+
+
+def check_box(x: torch.Tensor, box: tuple[float, float]) -> None:
+    """``ValueError`` unless every entry of the float tensor ``x`` is finite and inside ``box``.
+
+    One reduction and one device synchronisation (NaN propagates to the minimum and the
+    maximum, so the same comparison refuses it); only a refused ``x`` is looked at again.
+
+    :raises NonFiniteValueError: for NaN or infinity, naming the first such entry.
+
+    Usage::
+
+        check_box(x, (0.0, 1.0))
+    """
+    if x.numel() == 0:
+        return
+    low, high = torch.tensor(box, dtype=x.dtype).tolist()  # compared as x's dtype compares
+    x = x.detach()
+    smallest, largest = torch.stack(torch.aminmax(x)).tolist()
+    if low <= smallest and largest <= high:
+        return
+    bad = (~torch.isfinite(x)).nonzero()
+    if bad.shape[0]:
+        index = tuple(bad[0].tolist())
+        value = float(x[index])
+        raise NonFiniteValueError(
+            f"x holds a non-finite value ({value}) at index {index}: attacks need finite inputs "
+            f"in the box [{box[0]:g}, {box[1]:g}]",
+            index,
+            value,
         )
+    raise ValueError(
+        f"x lies outside the box [{box[0]}, {box[1]}] (min {smallest:.4g}, max {largest:.4g}): "
+        "give inputs in their natural box and put any normalisation inside the model, or pass "
+        "box=(low, high)"
+    )
 
 
 def point_norms(t: torch.Tensor, r: float) -> torch.Tensor:

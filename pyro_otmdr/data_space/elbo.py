@@ -25,6 +25,13 @@ step reuses it: OT-MDR calls :meth:`DataRobustELBO.prepare_step`, which carries 
 with the batch so that the halves get their rows. ``regenerate="per_pass"`` attacks at every pass
 instead (at the perturbed weights).
 
+On its own, a loss keeps OT-MDR's guarantee: the batch's inputs are checked before anything sees
+them, and a NaN or infinite input or loss raises :class:`~pyro_otmdr.NonFiniteLossError` with the
+parameters, their ``.grad``, the objective's state (WDAT's estimate) and, as ``SVI`` steps its
+optimiser only after ``loss_and_grads``, the optimiser's state as they were: a training loop may
+skip the batch. Under OT-MDR/SAM the step checks and restores (the attack in
+:meth:`~DataRobustELBO.prepare_step` raises for a non-finite input before the step begins).
+
 Usage::
 
     from pyro.infer import SVI, Trace_ELBO
@@ -36,7 +43,9 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import math
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import pyro.poutine as poutine
@@ -49,6 +58,7 @@ from ..bayes.ensemble import is_ensemble, over_members, sum_over_members
 from ..bayes.replay import categorical_of, guide_latents, trace_latents
 from ..model_space.elbo import check_wrappable
 from ..model_space.reparam_noise import FixedReparamNoise
+from ..model_space.step import NonFiniteLossError
 from .common import attack_mode, check_choice
 from .objectives import AdversarialLoss, ArmorLoss, RobustObjective, TradesLoss, WdatLoss
 
@@ -107,23 +117,34 @@ class DataRobustELBO(ELBO):
     # -- the Pyro ELBO interface ---------------------------------------------------------------
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        """The robust loss (the attack runs, with gradients on the inputs only)."""
-        return float(over_members(guide, lambda: self._run("loss", model, guide, args, kwargs)))
+        """The robust loss (the attack runs, with gradients on the inputs only); a NaN value is
+        returned as Pyro's ELBOs return it, but a NaN input raises."""
+        with self._guard(args, kwargs, grads=False):
+            return float(over_members(guide, lambda: self._run("loss", model, guide, args, kwargs)))
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
-        """The robust loss as a differentiable tensor (the torch route's ``ELBOModule``)."""
-        return over_members(
-            guide, lambda: self._run("differentiable_loss", model, guide, args, kwargs)
-        )
+        """The robust loss as a differentiable tensor (the torch route's ``ELBOModule``);
+        ``NonFiniteLossError`` when it is NaN or infinite (one device sync)."""
+        with self._guard(args, kwargs, grads=False):
+            loss = over_members(
+                guide, lambda: self._run("differentiable_loss", model, guide, args, kwargs)
+            )
+            self._refuse_non_finite(loss, kwargs)
+        return loss
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """The robust loss, backpropagated into the parameters' ``.grad``; an ensemble's
-        members each take their own attack and pass."""
-        if is_ensemble(guide):
-            return sum_over_members(
-                guide, lambda: float(self._run("loss_and_grads", model, guide, args, kwargs))
-            )
-        return self._run("loss_and_grads", model, guide, args, kwargs)
+        members each take their own attack and pass. ``NonFiniteLossError`` when it is NaN or
+        infinite, with the ``.grad`` as they were."""
+        with self._guard(args, kwargs, grads=True):
+            if is_ensemble(guide):
+                value = sum_over_members(
+                    guide, lambda: float(self._run("loss_and_grads", model, guide, args, kwargs))
+                )
+            else:
+                value = self._run("loss_and_grads", model, guide, args, kwargs)
+            self._refuse_non_finite(value, kwargs)
+        return value
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
         return self.elbo._get_trace(model, guide, args, kwargs)
@@ -142,9 +163,43 @@ class DataRobustELBO(ELBO):
         """
         if self.regenerate == "per_pass" or PREPARED_KEY in kwargs:
             return args, kwargs
-        return args, {**kwargs, PREPARED_KEY: self._attack(model, guide, args, kwargs)}
+        with self._guard(args, kwargs, grads=False):
+            x_adv = self._attack(model, guide, args, kwargs)
+        return args, {**kwargs, PREPARED_KEY: x_adv}
 
     # -- internals -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self, args: tuple, kwargs: dict, *, grads: bool) -> Iterator[None]:
+        """Around a loss: the batch's inputs checked before anything sees them, and after any
+        error the objective's state (and with ``grads`` the parameters' ``.grad``) as before.
+
+        A batch prepared by :meth:`prepare_step` is a pass of OT-MDR/SAM: checked there, and the
+        step restores the parameters itself.
+        """
+        if PREPARED_KEY in kwargs:
+            yield
+            return
+        with (
+            self.objective.inputs_checked(self._input(args, kwargs)),
+            _kept_on_error(self.objective),
+            _GradsAside() if grads else contextlib.nullcontext(),
+        ):
+            yield
+
+    def _refuse_non_finite(self, loss: torch.Tensor | float, kwargs: dict) -> None:
+        """``NonFiniteLossError`` for a NaN or infinite loss, unless OT-MDR/SAM checks it (a
+        prepared batch). Pyro's ELBOs return a float: no device sync of its own then."""
+        if PREPARED_KEY in kwargs:
+            return
+        value = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        if math.isfinite(value):
+            return
+        raise NonFiniteLossError(
+            f"{type(self).__name__}: the loss is {value}; nothing was updated: the "
+            "parameters, their gradients and the objective's state are as before, and the "
+            "optimiser has not stepped (skip this batch, or lower the learning rate)"
+        )
 
     def _run(self, method: str, model: Callable, guide: Callable, args: tuple, kwargs: dict):
         kwargs = dict(kwargs)
@@ -195,6 +250,44 @@ class DataRobustELBO(ELBO):
                 f"site= the name of the labels' site (observed sites: {sites})"
             )
         return _logits_of(node["fn"], self.site)
+
+
+@contextlib.contextmanager
+def _kept_on_error(objective: RobustObjective) -> Iterator[None]:
+    """The objective's attributes (WDAT's estimate, the last batch's figures) put back after an
+    error: the objectives replace their state, they never change it in place."""
+    saved = dict(vars(objective))
+    try:
+        yield
+    except BaseException:
+        vars(objective).clear()
+        vars(objective).update(saved)
+        raise
+
+
+class _GradsAside(Messenger):
+    """Set each parameter's ``.grad`` aside when a pass first reads the parameter (before any
+    backward can reach it); on leaving, add the pass's gradients to them, or after an error put
+    them back untouched. No device sync."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aside: dict[torch.Tensor, torch.Tensor | None] = {}
+
+    def _pyro_post_param(self, msg: dict) -> None:
+        unconstrained = getattr(msg["value"], "unconstrained", None)
+        leaf = unconstrained() if callable(unconstrained) else None
+        if leaf is not None and leaf not in self.aside:
+            self.aside[leaf] = leaf.grad
+            leaf.grad = None
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        super().__exit__(exc_type, exc_value, traceback)
+        for leaf, before in self.aside.items():
+            if exc_type is not None:
+                leaf.grad = before
+            elif before is not None:
+                leaf.grad = before if leaf.grad is None else before.add_(leaf.grad)
 
 
 def _logits_of(fn: Any, site: str) -> torch.Tensor:

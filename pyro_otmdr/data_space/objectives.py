@@ -26,18 +26,32 @@ forward passes in the module's own mode)::
     loss = loss_fn(net, x, y)            # a scalar, ready for .backward()
 
 The Pyro losses of :mod:`.elbo` put the same objectives in place of an ELBO's likelihood.
+
+A batch with a NaN or infinite input, and an ARMOR batch with a non-finite loss, raise
+:class:`~pyro_otmdr.NonFiniteLossError` (a training loop skips the batch) before anything is
+updated; inputs outside the box are a ``ValueError`` (a configuration error).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
+from ..model_space.step import NonFiniteLossError
 from .armor import ArmorDual, armor_kl
-from .common import attack_mode, check_choice, check_inputs, check_positive, dual_exponent
+from .common import (
+    NonFiniteValueError,
+    attack_mode,
+    check_box,
+    check_choice,
+    check_inputs,
+    check_positive,
+    dual_exponent,
+)
 from .inner import ball_ascent, batch_sensitivity, w_ball_ascent
 from .losses import ce
 
@@ -104,6 +118,8 @@ class RobustObjective:
     needs_clean = True
     #: whether the objective of a batch is the mean of per-example terms (not so for ARMOR).
     per_example_mean = True
+    #: the inputs whose values :meth:`inputs_checked` has just checked.
+    _vetted: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -148,8 +164,41 @@ class RobustObjective:
         clean = net(x) if self.needs_clean else None
         return self.losses(clean, net(x_adv), y).mean()
 
+    @contextlib.contextmanager
+    def inputs_checked(self, x: torch.Tensor) -> Iterator[None]:
+        """Check the batch's inputs now, before a model or a guide sees them (finite and inside
+        the box: one device sync); within the block, :meth:`adversarial` on this very tensor
+        does not check its values again.
+
+        :raises NonFiniteLossError: for a NaN or infinite input: skip the batch.
+        :raises ValueError: for inputs outside the box.
+
+        Usage::
+
+            with objective.inputs_checked(x):
+                x_adv = objective.adversarial(predict, x, y)
+        """
+        self._check_values(x)
+        previous, self._vetted = self._vetted, x
+        try:
+            yield
+        finally:
+            self._vetted = previous
+
     def _check(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        check_inputs(x, y, self.box)
+        check_inputs(x, y, self.box, values=False)
+        if x is not self._vetted:
+            self._check_values(x)
+
+    def _check_values(self, x: torch.Tensor) -> None:
+        try:
+            check_box(x, self.box)
+        except NonFiniteValueError as error:
+            raise NonFiniteLossError(
+                f"the batch holds a non-finite input ({error.value}) at index {error.index}: "
+                "nothing was updated (skip this batch, or clean the data: the inputs must be "
+                f"finite and inside the box [{self.box[0]:g}, {self.box[1]:g}])"
+            ) from error
 
     def _pgd(self, predict: Predict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Madry's inner loop: CE ascent from a uniform random point of the ball."""
@@ -277,12 +326,20 @@ class WdatLoss(TradesLoss):
         self.last_budget: torch.Tensor | None = None
 
     def budget(self, upsilon_b: torch.Tensor) -> torch.Tensor:
-        """Fold ``Upsilon_B`` into the running estimate; return ``delta_B`` (a 0-d tensor)."""
+        """Fold ``Upsilon_B`` into the running estimate; return ``delta_B`` (a 0-d tensor).
+
+        A NaN or infinite ``Upsilon_B`` leaves the estimate as it was, and a non-finite estimate
+        is replaced by the next finite batch's, with no device sync: one bad batch does not
+        poison the budgets of the batches after it.
+        """
         upsilon_b = upsilon_b.detach()
-        if self.upsilon_sq is None:
-            self.upsilon_sq = upsilon_b.square()
-        else:
-            self.upsilon_sq = self.decay * self.upsilon_sq + (1 - self.decay) * upsilon_b.square()
+        square = upsilon_b.square()
+        if self.upsilon_sq is not None:
+            old = self.upsilon_sq
+            folded = self.decay * old + (1 - self.decay) * square
+            folded = torch.where(old.isfinite(), folded, square)
+            square = torch.where(square.isfinite(), folded, old)
+        self.upsilon_sq = square
         return batch_budget(self.delta, upsilon_b, self.upsilon_sq.sqrt())
 
     def adversarial(self, predict: Predict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -373,12 +430,18 @@ class ArmorLoss(RobustObjective):
         return ce(clean_logits, y) + self.beta * kl_to_clean(clean_logits, adv_logits)
 
     def losses(self, clean_logits, adv_logits, y):
-        dual = armor_kl(
-            self.transported_losses(clean_logits, adv_logits, y),
-            budget=self.budget,
-            kappa=self.kappa,
-            lambda_max=self.lambda_max,
-        )
+        try:
+            dual = armor_kl(
+                self.transported_losses(clean_logits, adv_logits, y),
+                budget=self.budget,
+                kappa=self.kappa,
+                lambda_max=self.lambda_max,
+            )
+        except NonFiniteValueError as error:
+            raise NonFiniteLossError(
+                f"ARMOR: the loss of example {error.index[0]} is {error.value}; nothing was "
+                "updated (skip this batch, or lower the learning rate)"
+            ) from error
         self.last_dual = dual
         robust = (1 - self.mix) * dual.loss.expand(y.shape[0])
         return robust if self.mix == 0 else robust + self.mix * ce(clean_logits, y)

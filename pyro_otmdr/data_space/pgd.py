@@ -98,7 +98,7 @@ def pgd(
     """Pointwise PGD with random starts and restarts (see the module docstring).
 
     :param predict: ``x -> logits`` (or log-probabilities) ``(B, C)``.
-    :param x: inputs ``(N, ...)`` inside ``box``.
+    :param x: inputs ``(N, ...)``, finite and inside ``box`` (checked once, at entry).
     :param y: integer labels ``(N,)``.
     :param eps: the radius of every example's ball, in the units of the box.
     :param norm: ``"linf"`` or ``"l2"``.
@@ -111,7 +111,8 @@ def pgd(
     :param batch_size: examples per forward/backward pass (memory only).
     :param callback: ``callback(t, x_t)`` after every step, ``t`` counting across restarts.
     :returns: an :class:`AttackResult` with ``p = inf``.
-    :raises ValueError: for ``eps <= 0``, an unknown ``norm``/``loss``, ``x`` outside ``box``...
+    :raises ValueError: for ``eps <= 0``, an unknown ``norm``/``loss``, ``x`` outside ``box``
+        or not finite (naming the first NaN or infinite entry)...
 
     Usage::
 

@@ -85,7 +85,7 @@ def w_sensitivity(
     """``A(0)``, ``V(0)``, ``W(0)`` and ``Upsilon`` of ``predict`` on ``(x, y)``: one gradient pass.
 
     :param predict: ``x -> logits`` (or log-probabilities) ``(B, C)``.
-    :param x: inputs ``(N, ...)`` inside ``box``.
+    :param x: inputs ``(N, ...)``, finite and inside ``box`` (checked once, at entry).
     :param y: integer labels ``(N,)``.
     :param p: the Wasserstein order, 2 or ``inf`` (then ``Upsilon = mean_i ||g_i||_s``).
     :param cost: ``"linf"`` (gradient norms in l1) or ``"l2"``.

@@ -121,7 +121,7 @@ def w_pgd(
 
     :param predict: ``x -> logits`` (or log-probabilities) ``(B, C)``: an ``nn.Module``, a
         :func:`~pyro_otmdr.attacks.posterior_predictive`, any callable.
-    :param x: inputs ``(N, ...)`` inside ``box``.
+    :param x: inputs ``(N, ...)``, finite and inside ``box`` (checked once, at entry).
     :param y: integer labels ``(N,)``.
     :param delta: the budget: a ``W_p`` distance in the units of the box (for pixels in
         ``[0, 1]`` and the linf cost, ``8 / 255`` is the usual CIFAR radius).
@@ -137,7 +137,8 @@ def w_pgd(
     :param callback: ``callback(t, x_t)`` after iterate ``t = 1..steps`` (do not modify ``x_t``).
     :returns: an :class:`AttackResult`; ``robust_accuracy`` is the minimum over iterates.
     :raises ValueError: for ``delta <= 0``, an unknown ``p``/``cost``/``loss``, DLR with fewer
-        than 3 classes, ``x`` outside ``box``, or ``x`` and ``y`` of different lengths.
+        than 3 classes, ``x`` outside ``box`` or not finite (naming the first NaN or infinite
+        entry), or ``x`` and ``y`` of different lengths.
 
     Usage::
 
