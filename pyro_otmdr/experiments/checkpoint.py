@@ -141,7 +141,9 @@ def _envelope(contents: dict[str, Any]) -> dict[str, Any]:
         "format": FORMAT,
         "version": VERSION,
         "sha256": hashlib.sha256(payload).hexdigest(),
-        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+        # from NumPy: the tensor then keeps its memory alive (torch.frombuffer's does not, and
+        # freeing the two in the wrong order after an error crashed the interpreter)
+        "payload": torch.from_numpy(np.frombuffer(bytearray(payload), dtype=np.uint8)),
     }
 
 
@@ -152,7 +154,7 @@ def _atomic_save(contents: dict[str, Any], path: Path) -> Path:
     buffer = io.BytesIO()
     torch.save(_envelope(contents), buffer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_bytes(path, buffer.getbuffer())
+    return write_bytes(path, buffer.getvalue())
 
 
 def _param_store_state() -> dict[str, Any]:

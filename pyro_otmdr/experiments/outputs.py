@@ -71,6 +71,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         fd, name = tempfile.mkstemp(
             dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_MARK + path.suffix
         )
+        os.fchmod(fd, _mode_for(path))
         os.close(fd)
     except OSError as err:
         raise OutputError(_describe(err, path.name, _kept(path, existed))) from err
@@ -175,6 +176,17 @@ def remove_temporaries(directory: str | os.PathLike) -> list[Path]:
 
 def _checksum_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.sha256")
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions of the file being replaced, or those ``open`` would give a new file
+    (``mkstemp`` makes its files private)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _kept(path: Path, existed: bool) -> str:

@@ -87,9 +87,17 @@ def checked_step(svi: SVI, *args, **kwargs) -> float:
     """``svi.step(*args, **kwargs)`` that refuses a NaN or infinite loss before the optimiser
     moves anything, for any loss (Pyro's own ELBOs included).
 
+    A batch with a NaN or infinite input is refused before the model sees it (with Pyro's
+    validation on, the model would raise a ``ValueError`` of its own instead).
+
     :raises NonFiniteLossError: the parameters, their gradients and the optimiser's state are as
         they were before the step.
     """
+    for value in (*args, *kwargs.values()):
+        if torch.is_tensor(value) and value.is_floating_point() and not value.isfinite().all():
+            raise NonFiniteLossError(
+                "the batch holds a NaN or infinite input; the step was not taken"
+            )
     with poutine.trace(param_only=True) as capture:
         loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
     params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}

@@ -61,10 +61,13 @@ def run_lock(run_dir: Path, command: str) -> Iterator[None]:
 
 
 def _claim(fd: int, run_dir: Path, command: str) -> None:
-    """Write who holds the lock and clear what interrupted writes left behind."""
+    """Write who holds the lock (best effort: on a full disk the message goes without it) and
+    clear what interrupted writes left behind."""
+    holder = f"pid {os.getpid()}, otmdr {command}\n".encode()
+    with contextlib.suppress(OSError):
+        os.pwrite(fd, holder, 0)
+        os.ftruncate(fd, len(holder))
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, otmdr {command}\n".encode(), 0)
         remove_temporaries(run_dir)
     except OSError as err:
         raise RunError(f"cannot write to {run_dir}: {err.strerror}") from None
