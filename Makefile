@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	.venv/bin/otmdr train --out runs/demo
+	.venv/bin/otmdr train --out runs/demo --overwrite
 	.venv/bin/otmdr evaluate runs/demo --ood fakedata
 
 lint: $(STAMP)
