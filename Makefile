@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test test-isa lint bench
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -26,6 +26,15 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# The numerics-heavy tests (hand-derived values, gradients, tolerances) once more on the baseline
+# instruction set, ATen's DEFAULT kernels and MKL's SSE4.2 ones: they must not depend on a CPU's
+# rounding (AVX2 here, AVX-512 elsewhere). The first line fails if the emulation does not apply.
+test-isa: $(STAMP)
+	ATEN_CPU_CAPABILITY=default $(PY) -c "import torch; assert torch.backends.cpu.get_cpu_capability() == 'DEFAULT', torch.backends.cpu.get_cpu_capability()"
+	ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 $(PY) -m pytest -q -m "not slow" \
+		tests/model_space tests/data_space tests/evaluation tests/bayes \
+		tests/experiments/test_data.py tests/experiments/test_checkpoint.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py

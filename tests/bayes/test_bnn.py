@@ -13,6 +13,7 @@ from torch import nn
 from pyro_otmdr.bayes.bnn import BayesianClassifier, bayesian, is_norm_layer
 from pyro_otmdr.experiments.data import load_digits_split
 from pyro_otmdr.experiments.models import build_model
+from tests.conftest import EPS32
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +98,8 @@ def test_obs_site_is_categorical_and_scaled_to_num_data():
         assert obs["scale"] == pytest.approx(100 / n)
         logits = trace.nodes["_RETURN"]["value"]
         expected = dist.Categorical(logits=logits).log_prob(y).sum() * 100 / n  # scaled
-        assert obs["log_prob_sum"] == pytest.approx(expected.item(), rel=1e-5)
+        # eps-derived: float32, Pyro scales each term before the sum of <= 4, the test after
+        assert obs["log_prob_sum"] == pytest.approx(expected.item(), rel=16 * EPS32)
 
 
 def test_batch_larger_than_num_data_is_not_rescaled():

@@ -128,6 +128,7 @@ def test_predictive_draws_members_uniformly_and_evaluate_uses_each_once():
     assert sum(hits) == 60 and min(hits) > 5
 
 
+@pytest.mark.usefixtures("float64")  # the mean of the members' softmaxes, by hand, in float64
 def test_evaluate_takes_every_member_once():
     def classifier(x, y=None):
         w = pyro.sample("w", dist.Normal(torch.zeros(4, 3), 1.0).to_event(2))

@@ -24,10 +24,11 @@ from .linear import ce_gradients, linear_problem
 
 
 def test_kl_to_clean_by_hand():
-    clean, adv = torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([[0.0, 0.5, 0.0]])
+    clean = torch.tensor([[1.0, 0.0, -1.0]], dtype=torch.float64)  # float64: by hand
+    adv = torch.tensor([[0.0, 0.5, 0.0]], dtype=torch.float64)
     p, q = torch.softmax(clean, -1), torch.softmax(adv, -1)
     torch.testing.assert_close(kl_to_clean(clean, adv), (p * (p / q).log()).sum(-1))
-    assert float(kl_to_clean(clean, clean)) == pytest.approx(0.0, abs=1e-7)
+    assert float(kl_to_clean(clean, clean)) == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("s", [1.0, 2.0])
@@ -84,10 +85,11 @@ def test_wdat_budgets_average_back_to_delta_in_the_w2_sense():
 
 
 def test_wdat_running_estimate_starts_at_delta_and_follows_the_batches():
-    objective = WdatLoss(delta=0.1, decay=0.5)
-    assert float(objective.budget(torch.tensor(2.0))) == pytest.approx(0.1)
+    objective = WdatLoss(delta=0.1, decay=0.5)  # float64 sensitivities: the budget follows
+    assert float(objective.budget(torch.tensor(2.0, dtype=torch.float64))) == pytest.approx(0.1)
     # estimate^2 = 0.5 * 4 + 0.5 * 16 = 10, so the second batch gets 0.1 * 4 / sqrt(10)
-    assert float(objective.budget(torch.tensor(4.0))) == pytest.approx(0.4 / math.sqrt(10))
+    second = objective.budget(torch.tensor(4.0, dtype=torch.float64))
+    assert float(second) == pytest.approx(0.4 / math.sqrt(10))
     fresh = WdatLoss(delta=0.1)
     fresh.load_state_dict(objective.state_dict())
     assert float(fresh.upsilon_sq) == pytest.approx(10.0)

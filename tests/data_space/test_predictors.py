@@ -8,7 +8,7 @@ import torch
 
 from pyro_otmdr.attacks import PosteriorPredictive, pgd, posterior_predictive, w_pgd
 from pyro_otmdr.evaluation import evaluate
-from tests.conftest import DEVICES
+from tests.conftest import DEVICES, EPS32
 
 from .linear import DIM, GUIDES, fit_bayesian, linear_problem
 
@@ -22,9 +22,14 @@ def test_frozen_predictive_is_deterministic_and_equals_evaluate(kind):
     predict = posterior_predictive(model, guide, num_samples=8)
     first, second = predict(x), predict(x[:7])
     assert predict.num_draws == {"delta": 1, "ensemble": 3, "normal": 8}[kind]
-    assert torch.allclose(first.exp().double(), expected, atol=1e-6)
-    assert torch.equal(first[:7], second) or torch.allclose(first[:7], second, atol=1e-6)
-    assert torch.allclose(first.logsumexp(-1), torch.zeros(len(x)), atol=1e-5)
+    # eps-derived: a float32 mixture of <= 8 draws by two routes (logsumexp of log-softmaxes
+    # against a float64 mean of their exps): float32 eps times ~100 relative, ~10 absolute
+    close = dict(rtol=100 * EPS32, atol=10 * EPS32)
+    assert torch.allclose(first.exp().double(), expected, **close)
+    # another batch size may take another float32 matmul blocking: the same bound
+    assert torch.equal(first[:7], second) or torch.allclose(first[:7], second, **close)
+    # float32 log-probabilities of 4 classes normalise to 0 within eps times ~100 (|log p| < 10)
+    assert torch.allclose(first.logsumexp(-1), torch.zeros(len(x)), rtol=0, atol=100 * EPS32)
 
 
 def test_resampled_and_redrawn_predictives_draw_afresh():
@@ -63,7 +68,7 @@ def test_attacks_on_every_guide_family(kind, device):
         pgd(predict, x, y, eps=0.2, steps=5),
     ):
         assert result.robust_accuracy <= result.clean_accuracy
-        assert result.distance <= 0.2 + 1e-6
+        assert result.distance <= 0.2 * (1 + 64 * EPS32)  # a float32 W2 distance of float32 moves
         assert result.x_adv.device == x.device
     assert model.training
     assert all(p.grad is None for p in model.parameters())
@@ -74,7 +79,7 @@ def test_attack_on_a_plain_module():
     _, x, y = linear_problem()
     net = torch.nn.Sequential(torch.nn.Linear(DIM, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
     result = w_pgd(net.double(), x, y, delta=0.1, steps=4, loss="ce")
-    assert len(result.accuracies) == 4 and result.distance <= 0.1 + 1e-6
+    assert len(result.accuracies) == 4 and result.distance <= 0.1 + 1e-12  # float64
     assert math.isfinite(result.max_loss)
 
 

@@ -59,10 +59,10 @@ def test_brier_hand_computed():
 
 def test_brier_extremes():
     labels = torch.tensor([0, 1])
-    perfect = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    assert metrics.brier(perfect, labels).item() == 0.0
+    perfect = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    assert metrics.brier(perfect, labels).item() == 0.0  # exact: every term is 0
     assert metrics.brier(perfect.flip(0), labels).item() == pytest.approx(2.0)
-    uniform = torch.full((2, 3), 1 / 3)
+    uniform = torch.full((2, 3), 1 / 3, dtype=torch.float64)  # float64: 1/3 is not exact
     assert metrics.brier(uniform, labels).item() == pytest.approx(1 - 1 / 3)
 
 

@@ -18,6 +18,7 @@ from pyro_otmdr.experiments.data import (
     load_dataset,
     load_digits_split,
 )
+from tests.conftest import EPS32
 
 # ------------------------------------------------------------------ digits
 
@@ -34,10 +35,13 @@ def test_digits_split_sizes_in_the_unit_box_and_fixed_by_seed():
     assert torch.equal(x * 16, (x * 16).round())  # pixels / 16
     mean, std = splits.normalization
     standardised = (x - mean) / std  # what the model's Normalize computes
-    assert torch.allclose(standardised.mean(0), torch.zeros(64), atol=1e-5)
+    # eps-derived: float32 means of ~1170 standardised pixels (|z| up to ~35), float32 eps
+    # times ~84 (observed ~1 eps)
+    tol = 84 * EPS32
+    assert torch.allclose(standardised.mean(0), torch.zeros(64), rtol=0, atol=tol)
     varying = x.std(0) > 0
     assert torch.allclose(
-        standardised.std(0, unbiased=False)[varying], torch.ones(int(varying.sum())), atol=1e-5
+        standardised.std(0, unbiased=False)[varying], torch.ones(int(varying.sum())), atol=tol
     )
     assert torch.equal(std[~varying], torch.full((int((~varying).sum()),), 1 / 16))
     assert set(y.tolist()) == set(range(10))

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pyro_otmdr.model_space.distributed import all_reduce_mean_, free_port
 from pyro_otmdr.model_space.optim import OTMDROptimizer, SAMOptimizer
+from tests.conftest import EPS32
 from tests.model_space.test_elbo import make_model
 
 WORLD = 2
@@ -138,9 +139,10 @@ def test_ddp_keeps_ranks_identical_with_per_rank_perturbations(ranks):
     # each rank perturbed with its local gradient: the ascent norms differ (synced ones would not)
     for norms0, norms1 in zip(ranks[0]["norms"], ranks[1]["norms"], strict=True):
         assert not torch.allclose(norms0, norms1)
-    # and the result is the mean over ranks of the per-rank OT-MDR gradients
+    # and the result is the mean over ranks of the per-rank OT-MDR gradients; eps-derived: the
+    # same float32 ops in other processes (one thread each), 4 steps of 3 passes, eps times ~80
     for got, expected in zip(ranks[0]["params"], reference_params(), strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got, expected, rtol=80 * EPS32, atol=8 * EPS32)
 
 
 def test_without_all_reduce_the_ranks_drift_apart(ranks):

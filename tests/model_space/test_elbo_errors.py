@@ -160,6 +160,7 @@ def bn_model(net):
     return model
 
 
+@pytest.mark.usefixtures("float64")  # BatchNorm's kernel against x.mean and x.var: in float64
 @pytest.mark.parametrize(
     "loss", [OTMDR(Trace_ELBO(), rho=0.05, n_particles=2), SAM(Trace_ELBO(), rho=0.05)]
 )

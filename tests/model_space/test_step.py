@@ -1,4 +1,5 @@
-"""The Pyro-agnostic step on a plain torch quadratic: the same hand-derived values as via SVI."""
+"""The Pyro-agnostic step on a plain torch quadratic: the same hand-derived values as via SVI
+(in float64, so the default tolerances are float64 rounding on any machine)."""
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ def halves(batch):
     return [((rows[:n],), kwargs), ((rows[n:],), kwargs)]
 
 
+@pytest.mark.usefixtures("float64")
 def test_otmdr_step_on_a_torch_quadratic():
     target = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
     theta = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
@@ -125,6 +127,7 @@ def test_an_error_after_a_nan_loss_is_blamed_on_the_nan():
 # -- the unperturbed gradient of the parameters not perturbed ----------------------------------
 
 
+@pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize("n", [8, 9])
 @pytest.mark.parametrize("mean", [True, False])
 def test_fixed_parameters_take_the_whole_batch_gradient_from_halves_when_told(n, mean):
