@@ -6,7 +6,7 @@ is only its dataset-level normalisation and projection: the goal is a W-PGD / PG
 at most 1.10. The two run interleaved (W-PGD, PGD, W-PGD, ...) so that drift of a shared machine
 hits both alike; the table shows medians over the repetitions of ``points x iterations / s``.
 
-The network is the zoo's ``cnn`` (:class:`~pyro_otmdr.experiments.models.SmallCNN`, BatchNorm,
+The network is the zoo's ``cnn`` (:class:`~pyro_otmdr.workflow.models.SmallCNN`, BatchNorm,
 in eval mode) behind the digits normalisation, on 1x8x8 images in ``[0, 1]``; its weights are
 random (throughput does not depend on training). ``--channels`` widens it (a bigger CNN on a GPU).
 
@@ -26,8 +26,8 @@ import time
 import torch
 
 from pyro_otmdr.attacks import pgd, w_pgd
-from pyro_otmdr.data import load_dataset
-from pyro_otmdr.models import Normalize, build_model
+from pyro_otmdr.workflow.data import load_dataset
+from pyro_otmdr.workflow.models import Normalize, build_model
 
 
 def _sync(device: torch.device) -> None:

@@ -23,11 +23,11 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal, init_to_value
 from torch.nn.parallel import DistributedDataParallel
 
-from pyro_otmdr.bayesian import bayesian
-from pyro_otmdr.data import load_dataset
-from pyro_otmdr.distributed import free_port
-from pyro_otmdr.models import build_model
-from pyro_otmdr.optim import OTMDROptimizer
+from pyro_otmdr.bayes.bnn import bayesian
+from pyro_otmdr.model_space.distributed import free_port
+from pyro_otmdr.model_space.optim import OTMDROptimizer
+from pyro_otmdr.workflow.data import load_dataset
+from pyro_otmdr.workflow.models import build_model
 
 WARMUP = 5
 

@@ -68,12 +68,12 @@ from pyro_otmdr import (
     EnsembleELBO,
 )
 from pyro_otmdr.bayes import bayesian
-from pyro_otmdr.experiments.models import build_model
 from pyro_otmdr.model_space import elbo as elbo_module
 from pyro_otmdr.model_space import step as step_module
 from pyro_otmdr.model_space.batching import split_in_halves
 from pyro_otmdr.model_space.constant_params import ConstantParams
 from pyro_otmdr.model_space.reparam_noise import FixedReparamNoise
+from pyro_otmdr.workflow.models import build_model
 
 NUM_DATA = 4096
 DATA_ROBUST = ("at", "trades", "wdat", "armor")

@@ -2,7 +2,8 @@
 
 Every rank trains on its own shard of each epoch's minibatches. The loss is Pyro's ``ELBOModule``
 (``Trace_ELBO()(model, guide)`` with module-local parameters) wrapped in
-``DistributedDataParallel``; :class:`~pyro_otmdr.optim.OTMDROptimizer` runs the ascent passes
+``DistributedDataParallel``; :class:`~pyro_otmdr.model_space.optim.OTMDROptimizer` runs the
+ascent passes
 inside ``no_sync()`` (each rank perturbs with its local gradient) and DDP all-reduces the descent
 gradient, so the ranks stay identical. Rank 0 evaluates, prints and writes the checkpoint.
 
@@ -24,12 +25,12 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal, init_to_value
 from torch.nn.parallel import DistributedDataParallel
 
-from pyro_otmdr.bayesian import bayesian
-from pyro_otmdr.checkpoint import load_checkpoint, save_checkpoint
-from pyro_otmdr.data import load_dataset
+from pyro_otmdr.bayes.bnn import bayesian
 from pyro_otmdr.evaluation import evaluate
-from pyro_otmdr.models import Normalize, build_model
-from pyro_otmdr.optim import OTMDROptimizer
+from pyro_otmdr.model_space.optim import OTMDROptimizer
+from pyro_otmdr.workflow.checkpoint import load_checkpoint, save_checkpoint
+from pyro_otmdr.workflow.data import load_dataset
+from pyro_otmdr.workflow.models import Normalize, build_model
 
 
 def setup() -> tuple[int, int]:

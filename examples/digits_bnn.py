@@ -15,11 +15,11 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal, init_to_value
 
 from pyro_otmdr import OTMDR
-from pyro_otmdr.bayesian import bayesian
-from pyro_otmdr.data import load_dataset
+from pyro_otmdr.bayes.bnn import bayesian
 from pyro_otmdr.evaluation import evaluate
-from pyro_otmdr.models import Normalize, build_model
-from pyro_otmdr.training import fit
+from pyro_otmdr.workflow.data import load_dataset
+from pyro_otmdr.workflow.models import Normalize, build_model
+from pyro_otmdr.workflow.training import fit
 
 
 def run(loss: pyro.infer.ELBO, args: argparse.Namespace) -> dict[str, float]:

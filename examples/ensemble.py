@@ -19,9 +19,9 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import init_to_value
 
 from pyro_otmdr import OTMDR, AutoDeltaEnsemble, EnsembleELBO, evaluate
-from pyro_otmdr.bayesian import bayesian
-from pyro_otmdr.data import load_dataset
-from pyro_otmdr.models import Normalize, build_model
+from pyro_otmdr.bayes.bnn import bayesian
+from pyro_otmdr.workflow.data import load_dataset
+from pyro_otmdr.workflow.models import Normalize, build_model
 
 
 def parse_args() -> argparse.Namespace:

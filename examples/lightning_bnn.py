@@ -24,11 +24,11 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal, init_to_value
 from torch.utils.data import DataLoader
 
-from pyro_otmdr.bayesian import bayesian
-from pyro_otmdr.data import load_dataset
+from pyro_otmdr.bayes.bnn import bayesian
 from pyro_otmdr.evaluation import evaluate
-from pyro_otmdr.models import Normalize, build_model
-from pyro_otmdr.optim import OTMDROptimizer
+from pyro_otmdr.model_space.optim import OTMDROptimizer
+from pyro_otmdr.workflow.data import load_dataset
+from pyro_otmdr.workflow.models import Normalize, build_model
 
 
 class OTMDRModule(L.LightningModule):

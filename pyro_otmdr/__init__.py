@@ -10,9 +10,12 @@ Usage::
 
 The package is layered; each subpackage imports only those listed before it:
 :mod:`.bayes` (the Pyro layer), :mod:`.model_space` (OT-MDR and SAM), :mod:`.data_space`
-(attacks and data-robust losses), :mod:`.evaluation`, :mod:`.experiments`. The top-level
-modules ``bayesian``, ``data``, ``models``, ``metrics``, ``checkpoint``, ``optim``, ``training``,
-``distributed`` and ``attacks`` are stable import paths that re-export them.
+(attacks and data-robust losses), :mod:`.evaluation` (metrics, predictive, ArviZ, plots),
+:mod:`.workflow` (the library pieces of a training workflow: data sets, model zoo, epoch loop,
+checkpoints, atomic outputs) and, on top, the tooling :mod:`.experiments` (configurations and
+the ``otmdr`` command). :mod:`.attacks` gathers the attacks and predictors. The top-level modules
+``bayesian``, ``data``, ``models``, ``metrics``, ``checkpoint``, ``optim``, ``training`` and
+``distributed`` are deprecated aliases of their new homes, kept for one release.
 
 :func:`robustness` reports clean and robust accuracy of a classifier under Wasserstein and
 pointwise attacks; :class:`AdversarialTraining`, :class:`TRADES`, :class:`WDAT` and
@@ -50,9 +53,9 @@ _HOMES = {
     "RobustnessReport": "evaluation",
     "evaluate": "evaluation",
     "robustness": "evaluation",
-    "CheckpointError": "experiments.checkpoint",
-    "load_checkpoint": "experiments.checkpoint",
-    "save_checkpoint": "experiments.checkpoint",
+    "CheckpointError": "workflow.checkpoint",
+    "load_checkpoint": "workflow.checkpoint",
+    "save_checkpoint": "workflow.checkpoint",
 }
 
 __all__ = [
@@ -98,7 +101,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .bayes import AutoDeltaEnsemble, EnsembleELBO
     from .data_space import ARMOR, TRADES, WDAT, AdversarialTraining
     from .evaluation import EvaluationResult, RobustnessReport, evaluate, robustness
-    from .experiments.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from .model_space import (
         DEFAULT_NOISE_STD,
         OTMDR,
@@ -110,3 +112,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         StepInfo,
         perturbed_by_default,
     )
+    from .workflow.checkpoint import CheckpointError, load_checkpoint, save_checkpoint

@@ -1,6 +1,6 @@
 """``pyro_otmdr.attacks``: Wasserstein distributional and pointwise attacks, and the predictors.
 
-A stable import path for user code; the implementation lives in :mod:`pyro_otmdr.data_space`.
+The public home of the attacks (the implementation lives in :mod:`pyro_otmdr.data_space`).
 
 Usage::
 

@@ -1,8 +1,5 @@
-"""``pyro_otmdr.bayesian``: bayesian(): an nn.Module classifier as a Bayesian Pyro model.
+"""Deprecated alias of :mod:`pyro_otmdr.bayes.bnn`, kept for one release."""
 
-A stable import path for user code; the implementation lives in
-:mod:`pyro_otmdr.bayes.bnn`.
-"""
+from pyro_otmdr._deprecated import moved
 
-from pyro_otmdr.bayes.bnn import *  # noqa: F403
-from pyro_otmdr.bayes.bnn import __all__  # noqa: F401
+moved(__name__, "pyro_otmdr.bayes.bnn")

@@ -1,8 +1,5 @@
-"""``pyro_otmdr.checkpoint``: atomic, verified training checkpoints.
+"""Deprecated alias of :mod:`pyro_otmdr.workflow.checkpoint`, kept for one release."""
 
-A stable import path for user code; the implementation lives in
-:mod:`pyro_otmdr.experiments.checkpoint`.
-"""
+from pyro_otmdr._deprecated import moved
 
-from pyro_otmdr.experiments.checkpoint import *  # noqa: F403
-from pyro_otmdr.experiments.checkpoint import __all__  # noqa: F401
+moved(__name__, "pyro_otmdr.workflow.checkpoint")

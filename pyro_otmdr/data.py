@@ -1,8 +1,5 @@
-"""``pyro_otmdr.data``: the data sets: digits, CIFAR-10/100, FakeData.
+"""Deprecated alias of :mod:`pyro_otmdr.workflow.data`, kept for one release."""
 
-A stable import path for user code; the implementation lives in
-:mod:`pyro_otmdr.experiments.data`.
-"""
+from pyro_otmdr._deprecated import moved
 
-from pyro_otmdr.experiments.data import *  # noqa: F403
-from pyro_otmdr.experiments.data import __all__  # noqa: F401
+moved(__name__, "pyro_otmdr.workflow.data")

@@ -1,8 +1,5 @@
-"""``pyro_otmdr.distributed``: DDP helpers for the torch route.
+"""Deprecated alias of :mod:`pyro_otmdr.model_space.distributed`, kept for one release."""
 
-A stable import path for user code; the implementation lives in
-:mod:`pyro_otmdr.model_space.distributed`.
-"""
+from pyro_otmdr._deprecated import moved
 
-from pyro_otmdr.model_space.distributed import *  # noqa: F403
-from pyro_otmdr.model_space.distributed import __all__  # noqa: F401
+moved(__name__, "pyro_otmdr.model_space.distributed")

@@ -1,8 +1,5 @@
-"""``pyro_otmdr.metrics``: accuracy, NLL, Brier, ECE, AUROC and temperature scaling.
+"""Deprecated alias of :mod:`pyro_otmdr.evaluation.metrics`, kept for one release."""
 
-A stable import path for user code; the implementation lives in
-:mod:`pyro_otmdr.evaluation.metrics`.
-"""
+from pyro_otmdr._deprecated import moved
 
-from pyro_otmdr.evaluation.metrics import *  # noqa: F403
-from pyro_otmdr.evaluation.metrics import __all__  # noqa: F401
+moved(__name__, "pyro_otmdr.evaluation.metrics")

@@ -1,8 +1,5 @@
-"""``pyro_otmdr.models``: the model zoo: build_model and the paper's families.
+"""Deprecated alias of :mod:`pyro_otmdr.workflow.models`, kept for one release."""
 
-A stable import path for user code; the implementation lives in
-:mod:`pyro_otmdr.experiments.models`.
-"""
+from pyro_otmdr._deprecated import moved
 
-from pyro_otmdr.experiments.models import *  # noqa: F403
-from pyro_otmdr.experiments.models import __all__  # noqa: F401
+moved(__name__, "pyro_otmdr.workflow.models")

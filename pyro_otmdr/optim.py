@@ -1,8 +1,5 @@
-"""``pyro_otmdr.optim``: OTMDROptimizer and SAMOptimizer for the torch route.
+"""Deprecated alias of :mod:`pyro_otmdr.model_space.optim`, kept for one release."""
 
-A stable import path for user code; the implementation lives in
-:mod:`pyro_otmdr.model_space.optim`.
-"""
+from pyro_otmdr._deprecated import moved
 
-from pyro_otmdr.model_space.optim import *  # noqa: F403
-from pyro_otmdr.model_space.optim import __all__  # noqa: F401
+moved(__name__, "pyro_otmdr.model_space.optim")

@@ -1,6 +1,8 @@
-"""The public import paths survive the package's layout: the root's names and the stable modules."""
+"""The public import paths survive the package's layout: the root's names, the stable modules,
+and the old paths, deprecated for one release."""
 
 import importlib
+import sys
 
 import pytest
 
@@ -30,21 +32,31 @@ ROOT_NAMES = {
     "save_checkpoint",
 }
 
+#: The public modules that gather a layer's names.
 STABLE_MODULES = {
-    "pyro_otmdr.bayesian": "pyro_otmdr.bayes.bnn",
-    "pyro_otmdr.data": "pyro_otmdr.experiments.data",
-    "pyro_otmdr.models": "pyro_otmdr.experiments.models",
-    "pyro_otmdr.metrics": "pyro_otmdr.evaluation.metrics",
-    "pyro_otmdr.checkpoint": "pyro_otmdr.experiments.checkpoint",
-    "pyro_otmdr.optim": "pyro_otmdr.model_space.optim",
-    "pyro_otmdr.training": "pyro_otmdr.experiments.training",
-    "pyro_otmdr.distributed": "pyro_otmdr.model_space.distributed",
     "pyro_otmdr.evaluation": (
         "pyro_otmdr.evaluation.predictive",
         "pyro_otmdr.evaluation.robustness",
     ),
     "pyro_otmdr.experiments": "pyro_otmdr.experiments.config",
     "pyro_otmdr.attacks": "pyro_otmdr.data_space",
+}
+
+#: Old paths kept for one release: each warns and is its new home itself.
+DEPRECATED = {
+    "pyro_otmdr.bayesian": "pyro_otmdr.bayes.bnn",
+    "pyro_otmdr.data": "pyro_otmdr.workflow.data",
+    "pyro_otmdr.models": "pyro_otmdr.workflow.models",
+    "pyro_otmdr.metrics": "pyro_otmdr.evaluation.metrics",
+    "pyro_otmdr.checkpoint": "pyro_otmdr.workflow.checkpoint",
+    "pyro_otmdr.optim": "pyro_otmdr.model_space.optim",
+    "pyro_otmdr.training": "pyro_otmdr.workflow.training",
+    "pyro_otmdr.distributed": "pyro_otmdr.model_space.distributed",
+    "pyro_otmdr.experiments.data": "pyro_otmdr.workflow.data",
+    "pyro_otmdr.experiments.models": "pyro_otmdr.workflow.models",
+    "pyro_otmdr.experiments.training": "pyro_otmdr.workflow.training",
+    "pyro_otmdr.experiments.checkpoint": "pyro_otmdr.workflow.checkpoint",
+    "pyro_otmdr.experiments.outputs": "pyro_otmdr.workflow.outputs",
 }
 
 
@@ -62,3 +74,12 @@ def test_a_stable_module_re_exports_its_layer(path):
     assert stable.__all__
     for name in stable.__all__:
         assert any(getattr(stable, name) is getattr(h, name, None) for h in homes), name
+
+
+@pytest.mark.parametrize("old", DEPRECATED)
+def test_a_deprecated_path_warns_and_is_its_new_home(old, monkeypatch):
+    new = importlib.import_module(DEPRECATED[old])
+    monkeypatch.delitem(sys.modules, old, raising=False)  # import it afresh
+    with pytest.warns(DeprecationWarning, match=rf"{old} is deprecated.*import {new.__name__}"):
+        module = importlib.import_module(old)
+    assert module is new and module.__all__

@@ -219,8 +219,8 @@ def bayesian(
         import pyro
         from pyro.infer import SVI, Trace_ELBO
         from pyro.infer.autoguide import AutoNormal
-        from pyro_otmdr.bayesian import bayesian
-        from pyro_otmdr.models import build_model
+        from pyro_otmdr.bayes import bayesian
+        from pyro_otmdr.workflow.models import build_model
 
         pyro.clear_param_store()
         model = bayesian(build_model("mlp", 10, in_features=64), num_data=len(x_train))

@@ -2,7 +2,7 @@
 
 ARMOR_D (Birrell & Ebrahimi, arXiv 2309.03791) replaces the mean of per-example (transported)
 losses ``L_i`` by the worst re-weighting within an optimal-transport-regularised KL budget. Its
-convex dual (DATA_SPACE.md C2), with ``tau = lambda + kappa``::
+convex dual (derived in the docs, Algorithms: ARMOR_D), with ``tau = lambda + kappa``::
 
     ARMOR(L) = inf_{lambda >= 0}  budget * lambda + tau * log mean_i exp(L_i / tau - c_i)
 

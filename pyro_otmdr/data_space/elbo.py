@@ -1,7 +1,7 @@
 """Data-robust training as a drop-in ``loss=`` for an unchanged :class:`pyro.infer.SVI`.
 
 Each loss wraps any non-jit Pyro ELBO and makes its likelihood term robust; the prior and KL
-terms stay as they are (DATA_SPACE.md E):
+terms stay as they are (see the docs, Algorithms: Data-robust losses inside an ELBO):
 
 * :class:`AdversarialTraining`: the log-likelihood at PGD inputs (Madry);
 * :class:`TRADES`: clean log-likelihood minus ``beta * N * mean_i KL(p(x_i) || p(x'_i))``;
@@ -9,7 +9,7 @@ terms stay as they are (DATA_SPACE.md E):
 * :class:`ARMOR`: ``N`` times ARMOR_D's dual aggregate of the per-example losses.
 
 How a step goes, for a classifier whose labels are observed by a ``Categorical`` at ``site``
-(``"obs"``; under Pyro's subsampling plate, as :func:`~pyro_otmdr.bayesian` builds it):
+(``"obs"``; under Pyro's subsampling plate, as :func:`~pyro_otmdr.bayes.bnn.bayesian` builds it):
 
 1. one weight sample is fixed for the step: the guide's draw (``AutoNormal``), the point
    (``AutoDelta``), each member in turn (an ensemble);

@@ -9,7 +9,8 @@ per-example loss ``loss_fn(x') -> (B,)`` (its gradient is taken from the *sum*, 
 * :func:`ball_ascent`: pointwise PGD, every example in its own ``eps``-ball (Madry et al.; the
   TRADES inner loop with ``start="normal"``);
 * :func:`w_ball_ascent`: W-PGD on the minibatch as one distribution within ``W_2 <= delta``,
-  with the batch-level normalisation and the authors' map onto the ball (DATA_SPACE.md A2-A5);
+  with the batch-level normalisation and the authors' map onto the ball (see the docs,
+  Algorithms: W-PGD);
 * :func:`batch_sensitivity`: ``Upsilon_B = (mean_i ||g_i||_s^2)^(1/2)``, the minibatch's
   first-order W2 sensitivity, which sets WDAT's per-batch budget.
 

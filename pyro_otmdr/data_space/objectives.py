@@ -8,7 +8,7 @@ Each objective is one training method, split into the two halves every front end
   mean is the objective (for ARMOR, which couples the examples, every entry carries the batch's
   dual: ``per_example_mean`` is then ``False``).
 
-The methods (DATA_SPACE.md B, C, D):
+The methods (see the docs, Algorithms: AT and TRADES, WDAT, ARMOR_D):
 
 * :class:`AdversarialLoss`: Madry's PGD adversarial training, CE at ``x_adv`` (``mix`` blends in
   the clean CE);
@@ -89,7 +89,7 @@ def batch_budget(
 
     With ``Upsilon_hat`` the sensitivity of the whole set, ``Upsilon^2 = mean_B Upsilon_B^2``
     over equal batches, so the budgets average back to ``delta`` in the W2 sense:
-    ``(mean_B delta_B^2)^(1/2) = delta`` (DATA_SPACE.md B3).
+    ``(mean_B delta_B^2)^(1/2) = delta`` (derived in the docs, Algorithms: WDAT).
     """
     return delta * upsilon_b / torch.as_tensor(upsilon_hat).clamp_min(1e-12)
 
@@ -230,7 +230,7 @@ class RobustObjective:
 
 
 class AdversarialLoss(RobustObjective):
-    """PGD adversarial training (Madry et al., DATA_SPACE.md D1): CE at the PGD inputs.
+    """PGD adversarial training (Madry et al., arXiv 1706.06083): CE at the PGD inputs.
 
     :param mix: weight of the clean CE, ``(1 - mix) CE(x_adv) + mix CE(x)``; 0 (Madry) by default.
 
@@ -257,7 +257,7 @@ class AdversarialLoss(RobustObjective):
 
 
 class TradesLoss(RobustObjective):
-    """TRADES (Zhang et al., DATA_SPACE.md D2): ``CE(x) + beta * KL(p(x) || p(x'))`` per example.
+    """TRADES (Zhang et al., arXiv 1901.08573): ``CE(x) + beta * KL(p(x) || p(x'))`` per example.
 
     :param beta: weight of the KL term (6, TRADES' CIFAR-10 value; ``beta = 0`` is plain CE).
 
@@ -281,7 +281,8 @@ class TradesLoss(RobustObjective):
 
 class WdatLoss(TradesLoss):
     """Wasserstein distributional adversarial training (Bai, He, Jiang, Obloj 2025): TRADES in
-    a W2 ball. A RECONSTRUCTION: only the paper's abstract was available (DATA_SPACE.md B3, G1).
+    a W2 ball. A RECONSTRUCTION: only the paper's abstract was available (see the docs,
+    Algorithms: WDAT).
 
     The inner ascent is W-PGD on the KL over the batch as one distribution (linf cost by
     default), within the batch's share of the global budget,
@@ -295,7 +296,7 @@ class WdatLoss(TradesLoss):
     :param delta: the W2 budget (the W-PGD evaluation's 8/255 by default).
     :param beta: weight of the KL term.
     :param steps: W-PGD steps, of ``step_ratio * delta_B / steps`` each.
-    :param step_ratio: 1.875, the attack's ratio (DATA_SPACE.md A3).
+    :param step_ratio: 1.875, the step ratio of the W-PGD attack.
     :param cost: ``"linf"`` or ``"l2"``, the cost of moving one input.
     :param decay: of the moving average of ``Upsilon_B^2``, in [0, 1).
 
@@ -367,7 +368,7 @@ class WdatLoss(TradesLoss):
 
 
 class ArmorLoss(RobustObjective):
-    """ARMOR_D with the KL divergence (Birrell & Ebrahimi, DATA_SPACE.md C2-C6).
+    """ARMOR_D with the KL divergence (Birrell & Ebrahimi; see the docs, Algorithms: ARMOR_D).
 
     The per-example losses ``L_i`` at the transported inputs (``base="at"``: CE at the PGD
     inputs; ``base="trades"``: ``CE(x_i) + beta KL(p(x_i) || p(x'_i))`` after TRADES' ascent) are

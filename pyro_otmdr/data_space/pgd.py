@@ -6,7 +6,7 @@ steps ``x <- clamp_box(x0 + proj_eps(x + alpha * d))`` with ``d = sign(g)`` (lin
 example counts as broken as soon as any evaluated input (the clean one included) misclassifies
 it, so the robust accuracy is the share that no input of any restart broke. It is also a
 feasible W attack of every order, so at the same budget the W robust accuracy is no higher
-(DATA_SPACE.md A10).
+(see the docs, Algorithms: W2 robust accuracy).
 
 With ``random_start=False`` and the linf norm the iterates are exactly those of
 :func:`~pyro_otmdr.data_space.wpgd.w_pgd` with ``p = inf`` and the same step.

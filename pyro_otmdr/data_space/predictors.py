@@ -2,10 +2,11 @@
 
 The attacks take any callable ``x -> logits (B, C)``. For a Bayesian model the one to attack is
 the posterior predictive mean ``p(y | x) = mean_s softmax(z_{theta_s}(x))``, whose log serves as
-logits (DATA_SPACE.md E). The draws ``theta_s`` are those of :mod:`pyro_otmdr.bayes.replay`: the
-point of an ``AutoDelta``, every member of an ensemble once, or ``num_samples`` draws of any
-other guide, drawn with the same seeding as :func:`~pyro_otmdr.evaluation.evaluate`, so that
-after the same ``pyro.set_rng_seed`` both use the same draws.
+logits (see the docs, Algorithms: Attacking a Bayesian predictor). The draws ``theta_s`` are
+those of :mod:`pyro_otmdr.bayes.replay`: the point of an ``AutoDelta``, every member of an
+ensemble once, or ``num_samples`` draws of any other guide, drawn with the same seeding as
+:func:`~pyro_otmdr.evaluation.evaluate`, so that after the same ``pyro.set_rng_seed`` both use
+the same draws.
 
 Usage::
 

@@ -61,7 +61,8 @@ class Sensitivity:
         return self.loss + delta * self.upsilon
 
     def accuracy_estimate(self, delta: float) -> float:
-        """``A(0) - delta * Upsilon / W(0)``: a diagnostic, reconstructed (DATA_SPACE.md A9).
+        """``A(0) - delta * Upsilon / W(0)``: a diagnostic, reconstructed (see the docs, Algorithms:
+        First-order sensitivity).
 
         It assumes the loss is about ``W(0)`` on misclassified examples and about 0 on correct
         ones (CE on a confident network); it is meaningless for ReDLR, where ``W(0) = 0``.

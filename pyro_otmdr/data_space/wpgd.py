@@ -2,7 +2,7 @@
 
 The whole ``x`` is ONE distribution: W-PGD moves it within the ball ``W_p(P, Q) <= delta``
 (labels fixed, cost ``||x - x'||_r``) and reports the lowest accuracy of the whole set over its
-iterates. Each iterate (DATA_SPACE.md A2-A7):
+iterates. Each iterate (derived in the docs, Algorithms: W-PGD):
 
 1. ``g_i``, the input gradient of the per-example loss at every example (in chunks of
    ``batch_size``, which only bounds memory);
@@ -60,7 +60,7 @@ def _cost_norm(s: float) -> float:
 
 
 def direction(grads: torch.Tensor, *, q: float, s: float) -> torch.Tensor:
-    """The W-PGD direction of every example (A2): unit dataset-level size for ``q = 2``.
+    """The W-PGD direction of every example: unit dataset-level size for ``q = 2``.
 
     :param grads: per-example input gradients ``(N, ...)``.
     :param q: dual exponent of the Wasserstein order (2 for ``p = 2``, 1 for ``p = inf``).
@@ -77,7 +77,7 @@ def direction(grads: torch.Tensor, *, q: float, s: float) -> torch.Tensor:
 
 
 def project(moves: torch.Tensor, *, delta: float, q: float, s: float) -> torch.Tensor:
-    """The authors' map of the moves ``x' - x`` into the ball of radius ``delta`` (A4)."""
+    """The authors' map of the moves ``x' - x`` into the ball of radius ``delta``."""
     view = (-1, *([1] * (moves.dim() - 1)))
     if q == 1.0:
         if s == 1.0:

@@ -1,14 +1,12 @@
-"""Experiments: data sets, the model zoo, the epoch loop, checkpoints, configurations, the CLI.
+"""The tooling: experiment configurations and the ``otmdr`` command, on top of the library.
 
-* :mod:`.data`: digits, CIFAR-10/100 and FakeData loaders;
-* :mod:`.models`: the paper's model families by name (:func:`~.models.build_model`);
-* :mod:`.training`: the epoch loop over an ``SVI``;
-* :mod:`.checkpoint`: atomic, verified checkpoints;
-* :mod:`.outputs`: atomic, verified output files;
 * :mod:`.config`: :class:`ExperimentConfig` to a built, trained and evaluated experiment;
+* :mod:`.names`: the names an experiment is built from, without torch (for the parser);
 * :mod:`.cli`: the ``otmdr`` command.
 
 The top layer: it may import every other part of the package. Its names load lazily (PEP 562).
+The data sets, models, epoch loop, checkpoints and outputs it once held live in
+:mod:`pyro_otmdr.workflow`; ``pyro_otmdr.experiments.data`` and the like are deprecated aliases.
 
 Usage::
 

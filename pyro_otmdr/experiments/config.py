@@ -52,8 +52,9 @@ from ..data_space.elbo import ARMOR, TRADES, WDAT, AdversarialTraining, DataRobu
 from ..evaluation import EvaluationResult, RobustnessReport, evaluate, robustness
 from ..evaluation.shift import ShiftResult, evaluate_shift
 from ..model_space.elbo import DEFAULT_NOISE_STD, OTMDR, SAM
-from .data import DATASET_NAMES, DataSplits, load_dataset, load_fakedata
-from .models import MODEL_NAMES, Normalize, build_model
+from ..workflow.data import DATASET_NAMES, DataSplits, load_dataset, load_fakedata
+from ..workflow.models import MODEL_NAMES, Normalize, build_model
+from ..workflow.training import EpochStats, shuffled_batches, train
 from .names import (
     DATA_ROBUST,
     DATA_ROBUST_PARAMS,
@@ -64,7 +65,6 @@ from .names import (
     SCHEDULES,
     SHIFT_NAMES,
 )
-from .training import EpochStats, shuffled_batches, train
 
 __all__ = [
     "DATA_ROBUST",

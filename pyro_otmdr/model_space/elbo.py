@@ -63,7 +63,8 @@ __all__ = [
 ]
 
 DEFAULT_NOISE_STD = 0.0
-"""Default standard deviation of the noise added after each ascent move (see the README)."""
+"""Default standard deviation of the noise added after each ascent move (see the docs,
+Benchmarks: Noise ablation)."""
 
 _JIT_ELBOS = (
     JitTrace_ELBO,

@@ -1,4 +1,4 @@
-"""Tests of pyro_otmdr.bayesian: priors, likelihood scaling, norms, guides, SVI."""
+"""Tests of pyro_otmdr.bayes.bnn: priors, likelihood scaling, norms, guides, SVI."""
 
 import pyro
 import pyro.distributions as dist
@@ -11,8 +11,8 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_otmdr.bayes.bnn import BayesianClassifier, bayesian, is_norm_layer
-from pyro_otmdr.experiments.data import load_digits_split
-from pyro_otmdr.experiments.models import build_model
+from pyro_otmdr.workflow.data import load_digits_split
+from pyro_otmdr.workflow.models import build_model
 from tests.conftest import EPS32
 
 

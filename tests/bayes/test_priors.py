@@ -14,7 +14,7 @@ from pyro_otmdr import OTMDR, SAM, AutoDeltaEnsemble, EnsembleELBO
 from pyro_otmdr.bayes import bnn, priors
 from pyro_otmdr.bayes.bnn import bayesian
 from pyro_otmdr.bayes.priors import IsotropicNormal
-from pyro_otmdr.experiments.models import build_model
+from pyro_otmdr.workflow.models import build_model
 
 DTYPES = [torch.float32, torch.float64]
 SHAPES = [(), (5,), (4, 3), (2, 3, 4)]

@@ -1,4 +1,4 @@
-"""Tests of pyro_otmdr.metrics against sklearn and against numbers derived by hand."""
+"""Tests of pyro_otmdr.evaluation.metrics against sklearn and against numbers derived by hand."""
 
 import numpy as np
 import pytest

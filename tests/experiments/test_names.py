@@ -2,7 +2,8 @@
 
 from pyro_otmdr.evaluation.robustness import THREATS
 from pyro_otmdr.evaluation.shift import SHIFTS
-from pyro_otmdr.experiments import config, data, models, names
+from pyro_otmdr.experiments import config, names
+from pyro_otmdr.workflow import data, models
 
 
 def test_names_match_the_registries():

@@ -45,6 +45,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ...workflow.outputs import atomic_path, write_text
 from ..config import (
     ExperimentConfig,
     attack_experiment,
@@ -54,7 +55,6 @@ from ..config import (
     train_experiment,
 )
 from ..names import DATA_ROBUST_PARAMS
-from ..outputs import atomic_path, write_text
 from .parser import UsageError
 from .rundir import config_from_args, mean_step_ms, write_json, write_plot
 

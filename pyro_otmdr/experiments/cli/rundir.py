@@ -27,9 +27,8 @@ import pyro
 import torch
 
 from ...evaluation import EvaluationResult
-from ..checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from ..config import RUNTIME_KEYS, Experiment, ExperimentConfig, build_experiment, warm_up
-from ..outputs import (
+from ...workflow.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from ...workflow.outputs import (
     ChecksumError,
     atomic_path,
     read_verified,
@@ -38,6 +37,7 @@ from ..outputs import (
     write_text,
     write_verified,
 )
+from ..config import RUNTIME_KEYS, Experiment, ExperimentConfig, build_experiment, warm_up
 from .parser import RunError, UsageError
 
 __all__ = [

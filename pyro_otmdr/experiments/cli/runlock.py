@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..outputs import remove_temporaries
+from ...workflow.outputs import remove_temporaries
 from .parser import RunError
 
 __all__ = ["LOCK_NAME", "run_lock"]

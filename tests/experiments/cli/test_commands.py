@@ -13,10 +13,10 @@ import torch
 from torchvision import datasets
 
 import pyro_otmdr.experiments.cli.train as train_command
-from pyro_otmdr.experiments.checkpoint import load_checkpoint
 from pyro_otmdr.experiments.cli import main
 from pyro_otmdr.experiments.config import ExperimentConfig
-from tests.experiments.test_data import _expect_md5, _fake_cifar10
+from pyro_otmdr.workflow.checkpoint import load_checkpoint
+from tests.workflow.test_data import _expect_md5, _fake_cifar10
 
 TINY = ["--epochs", "1", "--hidden", "16", "--num-samples", "4", "--members", "2"]
 TINY += ["--device", "cpu"]

@@ -9,9 +9,9 @@ import torch
 import pyro_otmdr.experiments.cli.compare as compare_command
 import pyro_otmdr.experiments.cli.train as train_command
 from pyro_otmdr.evaluation import RobustnessReport
-from pyro_otmdr.experiments.checkpoint import load_checkpoint
 from pyro_otmdr.experiments.cli import main
 from pyro_otmdr.experiments.config import ExperimentConfig
+from pyro_otmdr.workflow.checkpoint import load_checkpoint
 
 TINY = ["--epochs", "1", "--hidden", "16", "--num-samples", "2", "--device", "cpu"]
 

@@ -18,7 +18,7 @@ import torch
 
 import pyro_otmdr.experiments.config as config_module
 from pyro_otmdr.experiments.cli import main
-from tests.experiments.test_outputs import fill, small_disk
+from tests.workflow.test_outputs import fill, small_disk
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY = ["--hidden", "16", "--num-samples", "4", "--device", "cpu", "--quiet"]

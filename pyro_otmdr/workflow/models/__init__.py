@@ -1,7 +1,7 @@
 """The model zoo: plain ``torch.nn.Module`` classifiers that return logits.
 
 Build one by name with :func:`build_model`; turn it into a Bayesian Pyro model with
-:func:`pyro_otmdr.bayesian.bayesian`.
+:func:`pyro_otmdr.bayes.bnn.bayesian`.
 
 ========================  ===============================================  ===========
 name                      network                                          parameters

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pyro_otmdr.experiments.training import EpochStats, fit, shuffled_batches, train
+from pyro_otmdr.workflow.training import EpochStats, fit, shuffled_batches, train
 
 
 class FakeSVI:

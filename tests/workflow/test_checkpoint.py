@@ -10,8 +10,8 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_otmdr import OTMDR
-from pyro_otmdr.experiments.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pyro_otmdr.model_space.optim import OTMDROptimizer
+from pyro_otmdr.workflow.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tests.model_space.test_elbo import data, make_model
 
 STEPS = 6

@@ -1,4 +1,4 @@
-"""Tests of pyro_otmdr.data: digits, CIFAR on a tiny archive in the real format, FakeData."""
+"""pyro_otmdr.workflow.data: digits, CIFAR on a tiny archive in the real format, FakeData."""
 
 import hashlib
 import pickle
@@ -10,7 +10,7 @@ import torch
 from torchvision import datasets
 from torchvision import transforms as T
 
-from pyro_otmdr.experiments.data import (
+from pyro_otmdr.workflow.data import (
     DATASET_NAMES,
     DataSplits,
     cifar_transforms,

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_otmdr.experiments.models import MLP, MODEL_NAMES, SmallCNN, WideResNet, build_model
+from pyro_otmdr.workflow.models import MLP, MODEL_NAMES, SmallCNN, WideResNet, build_model
 
 
 @pytest.fixture(autouse=True)

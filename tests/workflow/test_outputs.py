@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_otmdr.experiments.checkpoint import load_checkpoint, save_checkpoint
-from pyro_otmdr.experiments.outputs import (
+from pyro_otmdr.workflow.checkpoint import load_checkpoint, save_checkpoint
+from pyro_otmdr.workflow.outputs import (
     ChecksumError,
     OutputError,
     atomic_path,

@@ -8,7 +8,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_otmdr import NonFiniteLossError
-from pyro_otmdr.experiments.training import checked_step, train
+from pyro_otmdr.workflow.training import checked_step, train
 
 
 def model(x, y=None):

@@ -1,0 +1,5 @@
+"""Deprecated alias of :mod:`pyro_otmdr.workflow.models`, kept for one release."""
+
+from .._deprecated import moved
+
+moved(__name__, "pyro_otmdr.workflow.models")
