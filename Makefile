@@ -34,7 +34,7 @@ test-isa: $(STAMP)
 	ATEN_CPU_CAPABILITY=default $(PY) -c "import torch; assert torch.backends.cpu.get_cpu_capability() == 'DEFAULT', torch.backends.cpu.get_cpu_capability()"
 	ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 $(PY) -m pytest -q -m "not slow" \
 		tests/model_space tests/data_space tests/evaluation tests/bayes \
-		tests/experiments/test_data.py tests/experiments/test_checkpoint.py
+		tests/workflow/test_data.py tests/workflow/test_checkpoint.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
