@@ -15,8 +15,10 @@ interleaved with the new one, and a ``n/o`` line gives new/old per method.
 With ``--engine both`` every method also runs with the step engine's per-pass savings switched off
 (``before``: what a step cost before them), interleaved, and an ``n/b`` line gives new/before;
 ``--engine each`` adds one variant per saving switched off alone (``-logq``, ``-frozen``,
-``-served``, ``-device``, listed in ``ENGINE_CHANGES``) and an ``n/-X`` line for each: what
-that one change buys, measured side by side.
+``-served``, ``-device``, listed in ``ENGINE_CHANGES``: the fields of
+:class:`~pyro_otmdr.model_space.StepSavings`, switched through each loss's ``engine.savings``) and
+an ``n/-X`` line for each: what that one change buys, measured side by side. (A data-robust loss
+alone has no step engine: its rows run with the savings of its own attack pass in every variant.)
 
 With ``--data-robust at,trades,wdat,armor`` (any of them; none by default, and then the output is
 as without the flag) each chosen data-robust loss X (:class:`~pyro_otmdr.AdversarialTraining`,
@@ -46,10 +48,9 @@ import argparse
 import itertools
 import statistics
 import time
-from collections.abc import Callable
-from contextlib import ExitStack, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
-from unittest import mock
 
 import pyro
 import pyro.distributions as dist
@@ -68,56 +69,53 @@ from pyro_otmdr import (
     EnsembleELBO,
 )
 from pyro_otmdr.bayes import bayesian
-from pyro_otmdr.model_space import elbo as elbo_module
-from pyro_otmdr.model_space import step as step_module
+from pyro_otmdr.model_space import StepSavings
 from pyro_otmdr.model_space.batching import split_in_halves
-from pyro_otmdr.model_space.constant_params import ConstantParams
-from pyro_otmdr.model_space.reparam_noise import FixedReparamNoise
 from pyro_otmdr.workflow.models import build_model
 
 NUM_DATA = 4096
 DATA_ROBUST = ("at", "trades", "wdat", "armor")
 
 
-def _pyros_pass(elbo, model, guide, args, kwargs):
-    return elbo.loss_and_grads(model, guide, *args, **kwargs)
-
-
 ENGINE_CHANGES = {
     "logq": (
         "a normal guide site's log-density at its own sample in closed form",
-        [(FixedReparamNoise, "_diagonal_normal", lambda self, name, fn: None)],
+        "closed_form_logq",
     ),
     "frozen": (
         "fixed parameters (scales) are constants in the passes that drop their gradient",
-        [(step_module, "_fixed_as_constants", lambda state: nullcontext())],
+        "frozen_constants",
     ),
     "served": (
         "those constants' constrained values served from the step's first pass",
-        [(ConstantParams, "_pyro_param", lambda self, msg: None)],
+        "served_constants",
     ),
-    "device": (
-        "a Trace_ELBO pass's loss kept on the device (no float per site)",
-        [(elbo_module, "loss_and_grads_on_device", _pyros_pass)],
-    ),
+    "device": ("a Trace_ELBO pass's loss kept on the device (no float per site)", "loss_on_device"),
 }
-"""The per-pass savings of the step engine (issue 11), each with what switches it off here."""
+"""The per-pass savings of the step engine, each with its field of :class:`StepSavings`."""
 
 
 class Variant(NamedTuple):
-    """One way of running every method: a prior and the engine changes switched off."""
+    """One way of running every method: a prior and the engine savings switched off."""
 
     label: str
     prior: str
     disabled: tuple[str, ...] = ()
 
-    def engine(self) -> ExitStack:
-        """Enter to run the step engine without the changes in ``disabled``."""
-        stack = ExitStack()
-        for name in self.disabled:
-            for target, attribute, replacement in ENGINE_CHANGES[name][1]:
-                stack.enter_context(mock.patch.object(target, attribute, replacement))
-        return stack
+    @contextmanager
+    def engine(self, losses: Iterable[pyro.infer.ELBO]) -> Iterator[None]:
+        """Run the OT-MDR and SAM losses among ``losses`` without the savings in ``disabled``
+        (through their public ``engine.savings``); the losses are as they were after."""
+        savings = StepSavings(**{ENGINE_CHANGES[name][1]: False for name in self.disabled})
+        engines = [loss.engine for loss in losses if hasattr(loss, "engine")]
+        before = [engine.savings for engine in engines]
+        for engine in engines:
+            engine.savings = savings
+        try:
+            yield
+        finally:
+            for engine, kept in zip(engines, before, strict=True):
+                engine.savings = kept
 
 
 def variants(args: argparse.Namespace) -> list[Variant]:
@@ -263,13 +261,13 @@ def bench(
     runs = variants(args)
     for variant, svi in itertools.product(runs, runners.values()):  # warm-up: set-up, caches
         use_prior(model, variant.prior)
-        with variant.engine():
+        with variant.engine(losses.values()):
             time_steps(svi, x, y, 2, batch)
     samples = {variant.label: {name: [] for name in runners} for variant in runs}
     for _ in range(args.rounds):
         for variant in runs:
             use_prior(model, variant.prior)
-            with variant.engine():
+            with variant.engine(losses.values()):
                 for name, svi in runners.items():
                     samples[variant.label][name].append(time_steps(svi, x, y, args.steps, batch))
     use_prior(model, "new")

@@ -1,5 +1,5 @@
-"""The step-time benchmark runs every engine variant (a saving renamed in the package, and so no
-longer switched off by the benchmark, fails it)."""
+"""The step-time benchmark runs every engine variant, each switching savings off through
+:class:`~pyro_otmdr.model_space.StepSavings` (a saving renamed in the package fails it)."""
 
 import subprocess
 import sys

@@ -33,7 +33,8 @@ LAYERS = ["bayes", "model_space", "data_space", "evaluation", "workflow", "exper
 HELPERS = {"_deprecated"}  # modules at the root that layers may use: not re-exports
 DEPRECATION_MARK = "moved(__name__,"
 PYRO_FREE = {
-    "model_space." + m for m in ("core", "batching", "perturbation", "running_stats", "step")
+    "model_space." + m
+    for m in ("core", "batching", "perturbation", "running_stats", "savings", "step")
 }
 
 

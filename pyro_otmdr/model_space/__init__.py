@@ -7,7 +7,8 @@ Bottom up:
   random half batches, which parameters move, BatchNorm statistics once per step, kappa fixed
   for the step; :mod:`.subsampling`: whether a Pyro loss is plate-scaled, so that two halves
   average to the whole batch;
-* :mod:`.step`: :class:`SharpnessAwareStep`, the Pyro-agnostic step engine;
+* :mod:`.step`: :class:`SharpnessAwareStep`, the Pyro-agnostic step engine, and
+  :mod:`.savings`: :class:`StepSavings`, its exact shortcuts, each one a switch;
 * :mod:`.constant_params` and :mod:`.device_loss`: what a Pyro pass need not redo (the fixed
   parameters' constrained values where they are constants) or convert (its loss, kept on the
   device);
@@ -22,6 +23,7 @@ It imports only :mod:`pyro_otmdr.bayes` (the ensemble guide, trained member by m
 from .elbo import DEFAULT_NOISE_STD, OTMDR, SAM
 from .optim import OTMDROptimizer, SAMOptimizer
 from .perturbation import perturbed_by_default
+from .savings import StepSavings
 from .step import NonFiniteLossError, SharpnessAwareStep, StepInfo
 
 __all__ = [
@@ -33,5 +35,6 @@ __all__ = [
     "SAMOptimizer",
     "SharpnessAwareStep",
     "StepInfo",
+    "StepSavings",
     "perturbed_by_default",
 ]

@@ -27,14 +27,20 @@ __all__ = ["ConstantParams"]
 
 
 class ConstantParams(Messenger):
-    """Serve recorded constrained parameter values, detached, while their leaves are constants."""
+    """Serve recorded constrained parameter values, detached, while their leaves are constants.
 
-    def __init__(self) -> None:
+    ``enabled=False`` (the ``served_constants`` saving off) records nothing, so serves nothing.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
         super().__init__()
+        self.enabled = enabled
         self._values: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def record(self, site: dict) -> None:
         """Keep a traced ``param`` site's constrained value, to serve while its leaf is constant."""
+        if not self.enabled:
+            return
         value = site["value"]
         self._values[site["name"]] = (value.unconstrained(), _detached(value))
 

@@ -48,6 +48,7 @@ from .constant_params import ConstantParams
 from .device_loss import loss_and_grads_on_device
 from .perturbation import PerturbRule, perturbed_by_default
 from .reparam_noise import FixedReparamNoise
+from .savings import StepSavings
 from .step import NonFiniteLossError, ParamGroups, SharpnessAwareStep, StepInfo
 from .subsampling import PlateScaling
 
@@ -109,6 +110,11 @@ def per_example_mean(elbo: Any) -> bool:
     return bool(getattr(elbo, "per_example_mean", True))
 
 
+def _pyros_pass(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> float:
+    """One pass as Pyro's ELBO takes it (the ``loss_on_device`` saving off)."""
+    return elbo.loss_and_grads(model, guide, *args, **kwargs)
+
+
 class OTMDR(ELBO):
     """Wrap a Pyro ELBO so that ``SVI.step`` takes an OT-MDR step.
 
@@ -131,6 +137,8 @@ class OTMDR(ELBO):
     :param merge_grads: reproduce the authors' code (its ``merge_grad`` flag): the second move
         goes along ``g1 + g2`` scaled by ``rho2 / ||g2||``. Off by default: the paper moves
         along ``g2``.
+    :param savings: the exact savings of the step (:class:`~pyro_otmdr.model_space.StepSavings`,
+        all on by default); ``StepSavings.none()`` runs every pass as the algorithm reads.
     """
 
     def __init__(
@@ -145,8 +153,11 @@ class OTMDR(ELBO):
         split_batch: BatchSplitter | None = None,
         seed: int | None = None,
         merge_grads: bool = False,
+        savings: StepSavings | None = None,
     ) -> None:
-        engine = SharpnessAwareStep.otmdr(rho, rho2, n_particles, noise_std, seed, merge_grads)
+        engine = SharpnessAwareStep.otmdr(
+            rho, rho2, n_particles, noise_std, seed, merge_grads, savings=savings
+        )
         self._init(elbo, engine, perturb)
         self.split_batch = split_batch or split_in_halves
 
@@ -157,6 +168,11 @@ class OTMDR(ELBO):
         self.engine = engine
         self.perturb = perturb or perturbed_by_default
         self.last_step: StepInfo | None = None
+
+    @property
+    def savings(self) -> StepSavings:
+        """The exact savings the step uses."""
+        return self.engine.savings
 
     @property
     def rho(self) -> float:
@@ -206,21 +222,24 @@ class OTMDR(ELBO):
 
     def _step(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> float:
         """One step for one point estimate or Gaussian guide (an ensemble member)."""
-        reparam_noise = FixedReparamNoise()
+        savings = self.savings
+        reparam_noise = FixedReparamNoise(closed_form_logq=savings.closed_form_logq)
         fixed_guide = reparam_noise(guide)
         args, kwargs = prepared_batch(self.elbo, model, fixed_guide, args, kwargs)
         params = ParamGroups()
-        constants = ConstantParams()  # the fixed parameters, in passes that take no grad for them
+        # the fixed parameters' values, in passes that take no grad for them
+        constants = ConstantParams(enabled=savings.served_constants)
         scaling: list[PlateScaling] = []
+        run_pass = loss_and_grads_on_device if savings.loss_on_device else _pyros_pass
 
         def evaluate(batch: Batch, label: str) -> torch.Tensor | float:
             args, kwargs = batch
             if not params.all:  # the first pass: capture the parameters, validate, watch plates
                 scaling.append(PlateScaling(batch_size_of(args, kwargs)))
                 with self._capture(params, constants), scaling[0]:
-                    return loss_and_grads_on_device(self.elbo, model, fixed_guide, args, kwargs)
+                    return run_pass(self.elbo, model, fixed_guide, args, kwargs)
             with pyro.validation_enabled(False), constants:  # the first pass validated the inputs
-                return loss_and_grads_on_device(self.elbo, model, fixed_guide, args, kwargs)
+                return run_pass(self.elbo, model, fixed_guide, args, kwargs)
 
         def mean_over_examples() -> bool:
             halves = self.split_batch is split_in_halves
@@ -280,8 +299,15 @@ class SAM(OTMDR):
         svi = SVI(model, guide, pyro.optim.SGD({"lr": 0.1}), loss=SAM(Trace_ELBO(), rho=0.05))
     """
 
-    def __init__(self, elbo: ELBO, *, rho: float, perturb: PerturbRule | None = None) -> None:
-        self._init(elbo, SharpnessAwareStep.sam(rho), perturb)
+    def __init__(
+        self,
+        elbo: ELBO,
+        *,
+        rho: float,
+        perturb: PerturbRule | None = None,
+        savings: StepSavings | None = None,
+    ) -> None:
+        self._init(elbo, SharpnessAwareStep.sam(rho, savings=savings), perturb)
 
     def _ascent_batches(self, batch: Batch) -> Sequence[Batch]:
         return [batch]

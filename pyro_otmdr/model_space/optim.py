@@ -45,6 +45,7 @@ from .device_loss import differentiable_loss_on_device
 from .elbo import DEFAULT_NOISE_STD, per_example_mean, prepared_batch
 from .perturbation import PerturbRule, perturbed_by_default
 from .reparam_noise import FixedReparamNoise
+from .savings import StepSavings
 from .step import ParamGroups, SharpnessAwareStep, StepInfo, grads_of
 from .subsampling import PlateScaling
 
@@ -92,6 +93,8 @@ class OTMDROptimizer(torch.optim.Optimizer):
     :param grad_scaler: a ``torch.amp.GradScaler`` for fp16 autocast: every backward is scaled,
         a step whose gradients overflow is skipped (``step`` returns ``None``) and the scale
         backs off; otherwise the descent gradient is unscaled once before the base step.
+    :param savings: the exact savings of the step (:class:`~pyro_otmdr.model_space.StepSavings`,
+        all on by default).
     """
 
     def __init__(
@@ -108,8 +111,9 @@ class OTMDROptimizer(torch.optim.Optimizer):
         seed: int | None = None,
         no_sync: Callable[[], AbstractContextManager] | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
+        savings: StepSavings | None = None,
     ) -> None:
-        engine = SharpnessAwareStep.otmdr(rho, rho2, n_particles, noise_std, seed)
+        engine = SharpnessAwareStep.otmdr(rho, rho2, n_particles, noise_std, seed, savings=savings)
         self._init(params, base_optimizer, engine, perturb, no_sync, grad_scaler)
         self.split_batch = split_batch or split_in_halves
 
@@ -197,7 +201,8 @@ class OTMDROptimizer(torch.optim.Optimizer):
             p.grad = None
         scaling: list[PlateScaling] = []  # the first pass's, when the batch is split in halves
         try:
-            with FixedReparamNoise():  # a Pyro guide's noise is fixed for the step
+            # a Pyro guide's noise is fixed for the step
+            with FixedReparamNoise(closed_form_logq=self.engine.savings.closed_form_logq):
                 elbo = getattr(closure, "elbo", None)  # an ELBOModule's loss
                 if elbo is not None:
                     args, kwargs = prepared_batch(elbo, closure.model, closure.guide, args, kwargs)
@@ -283,7 +288,7 @@ class OTMDROptimizer(torch.optim.Optimizer):
                 watch = PlateScaling(batch_size_of(args, kwargs))
                 scaling.append(watch)
             with torch.enable_grad(), watch:
-                loss = _closure_loss(closure, args, kwargs)
+                loss = _closure_loss(closure, args, kwargs, self.engine.savings.loss_on_device)
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise TypeError(f"{label}: the closure must return a scalar loss tensor")
             if scaler is None:
@@ -367,8 +372,9 @@ class SAMOptimizer(OTMDROptimizer):
         perturb: PerturbRule | None = None,
         no_sync: Callable[[], AbstractContextManager] | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
+        savings: StepSavings | None = None,
     ) -> None:
-        engine = SharpnessAwareStep.sam(rho)
+        engine = SharpnessAwareStep.sam(rho, savings=savings)
         self._init(params, base_optimizer, engine, perturb, no_sync, grad_scaler)
 
     def _ascent_batches(self, batch: Batch) -> Sequence[Batch]:
@@ -383,11 +389,15 @@ class SAMOptimizer(OTMDROptimizer):
             all_reduce_mean_(grads_of(params.fixed))
 
 
-def _closure_loss(closure: LossClosure, args: tuple, kwargs: dict) -> torch.Tensor:
-    """``closure(*args, **kwargs)``; for a plain ``ELBOModule`` (no hooks of its own) its
-    forward's loss computed without a float conversion per site (``Trace_ELBO``)."""
+def _closure_loss(
+    closure: LossClosure, args: tuple, kwargs: dict, on_device: bool = True
+) -> torch.Tensor:
+    """``closure(*args, **kwargs)``; for a plain ``ELBOModule`` (no hooks of its own) and
+    ``on_device`` (the ``loss_on_device`` saving), its forward's loss computed without a float
+    conversion per site (``Trace_ELBO``)."""
     plain = (
-        type(closure) is ELBOModule
+        on_device
+        and type(closure) is ELBOModule
         and not closure._forward_hooks
         and not closure._forward_pre_hooks
     )

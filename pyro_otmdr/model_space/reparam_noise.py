@@ -42,10 +42,13 @@ class FixedReparamNoise(Messenger):
     """Draw each Gaussian guide site's standard-normal noise once and reuse it.
 
     ``noise`` maps site names to the ``kappa`` drawn so far; a fresh handler starts a new step.
+    ``closed_form_logq`` (:class:`~pyro_otmdr.model_space.savings.StepSavings`): a diagonal
+    normal site's log-density at its own sample in closed form; off, Pyro computes it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, closed_form_logq: bool = True) -> None:
         super().__init__()
+        self.closed_form_logq = closed_form_logq
         self.noise: dict[str, torch.Tensor] = {}
         self._noise_log_density: dict[str, torch.Tensor] = {}
 
@@ -56,7 +59,7 @@ class FixedReparamNoise(Messenger):
             msg["fn"] = _SelfDelta(msg["fn"])
             msg["value"] = msg["fn"].sample_value
             return
-        diagonal = self._diagonal_normal(msg["name"], msg["fn"])
+        diagonal = self._diagonal_normal(msg["name"], msg["fn"]) if self.closed_form_logq else None
         if diagonal is not None:
             msg["fn"], msg["value"] = diagonal
             return

@@ -41,6 +41,7 @@ import torch
 from .batching import Batch, batch_size_of
 from .core import add_gaussian_noise_, ascend_, restore_, snapshot
 from .running_stats import RunningStatsGuard
+from .savings import StepSavings
 
 __all__ = [
     "MeanOverExamples",
@@ -48,6 +49,7 @@ __all__ = [
     "ParamGroups",
     "SharpnessAwareStep",
     "StepInfo",
+    "StepSavings",
     "finite_losses",
 ]
 
@@ -125,6 +127,7 @@ class SharpnessAwareStep:
     :param merge_grads: move each ascent step after the first along the sum of this and the
         previous ascent gradient, scaled by this gradient's norm: the ``merge_grad`` flag of the
         authors' code, not the paper's algorithm.
+    :param savings: the exact savings the step uses (:class:`StepSavings`; all by default).
     """
 
     def __init__(
@@ -134,6 +137,8 @@ class SharpnessAwareStep:
         noise_std: float = 0.0,
         seed: int | None = None,
         merge_grads: bool = False,
+        *,
+        savings: StepSavings | None = None,
     ) -> None:
         for i, radius in enumerate(radii):
             check_positive("rho" if i == 0 else f"rho{i + 1}", radius)
@@ -145,6 +150,9 @@ class SharpnessAwareStep:
         self.n_particles = n_particles
         self.noise_std = float(noise_std)
         self.merge_grads = bool(merge_grads)
+        self.savings = StepSavings() if savings is None else savings
+        if not isinstance(self.savings, StepSavings):
+            raise TypeError(f"savings must be a StepSavings, got {type(savings).__name__}")
         self.generator = torch.Generator()
         self.generator.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
         self._device_generators: dict[torch.device, torch.Generator] = {}
@@ -158,16 +166,18 @@ class SharpnessAwareStep:
         noise_std: float = 0.0,
         seed: int | None = None,
         merge_grads: bool = False,
+        *,
+        savings: StepSavings | None = None,
     ) -> SharpnessAwareStep:
         """OT-MDR's two moves, of radii ``rho`` and ``rho2`` (``2 * rho`` when omitted)."""
         check_positive("rho", rho)
         rho2 = 2.0 * rho if rho2 is None else rho2
-        return cls((rho, rho2), n_particles, noise_std, seed, merge_grads)
+        return cls((rho, rho2), n_particles, noise_std, seed, merge_grads, savings=savings)
 
     @classmethod
-    def sam(cls, rho: float) -> SharpnessAwareStep:
+    def sam(cls, rho: float, *, savings: StepSavings | None = None) -> SharpnessAwareStep:
         """SAM's single move of radius ``rho``: one particle, no noise."""
-        return cls((rho,), n_particles=1, noise_std=0.0, seed=0)
+        return cls((rho,), n_particles=1, noise_std=0.0, seed=0, savings=savings)
 
     def run(
         self,
@@ -193,6 +203,8 @@ class SharpnessAwareStep:
         point from the first particle's two halves (half a pass instead of a whole one).
         """
         state = _State(evaluate, batch, params, ascent_context)
+        if not self.savings.center_from_halves:
+            mean_over_examples = None
         try:
             with RunningStatsGuard() as running_stats:
                 last = [
@@ -230,7 +242,7 @@ class SharpnessAwareStep:
             keeps_center = k == 0 and i == 0  # the one ascent pass whose fixed grads are kept
             with (
                 state.ascent_context() if state.ascent_context else nullcontext(),
-                nullcontext() if keeps_center else _fixed_as_constants(state),
+                nullcontext() if keeps_center else self._fixed_as_constants(state),
             ):
                 self._pass(state, half, f"particle {k + 1}, ascent step {i + 1}")
             if state.params.fixed and keeps_center:
@@ -239,7 +251,7 @@ class SharpnessAwareStep:
             state.ascent_norms.append(norm)
         if k == 0:
             running_stats.begin_counted()  # the step's first full-batch pass moves the statistics
-        with _fixed_as_constants(state):
+        with self._fixed_as_constants(state):
             self._pass(state, state.batch, f"particle {k + 1}, full-batch gradient")
         if k == 0:
             running_stats.end_counted()
@@ -247,6 +259,10 @@ class SharpnessAwareStep:
         zero_grads_(state.params.fixed)
         self._accumulate(state, k)
         return len(state.passes) - 1
+
+    def _fixed_as_constants(self, state: _State) -> AbstractContextManager:
+        """:func:`fixed_as_constants` when the step uses that saving."""
+        return fixed_as_constants(state) if self.savings.frozen_constants else nullcontext()
 
     def _keep_center_grads(self, state: _State, halves: Sequence[Batch]) -> None:
         """Set aside the unperturbed gradient of the parameters that are not perturbed.
@@ -406,7 +422,7 @@ def _as_floats(losses: Sequence[torch.Tensor | float]) -> list[float]:
 
 
 @contextmanager
-def _fixed_as_constants(state: _State) -> Iterator[None]:
+def fixed_as_constants(state: _State) -> Iterator[None]:
     """Within a pass whose gradient for the parameters that are not perturbed is thrown away
     (at a perturbed point, or a later particle's first), those parameters do not require grad:
     the backward pass skips them and the graph through them (a scale's softplus, say). The
