@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: install demo test test-isa lint bench
+.PHONY: install demo test test-isa lint bench docs
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -38,3 +38,8 @@ test-isa: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
+
+# The docs site (Sphinx, MyST, Furo): the pages of docs/ and the API reference from the
+# docstrings, warnings as errors.
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html

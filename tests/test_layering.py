@@ -1,6 +1,6 @@
 """The package's layers point down only: the architecture, as a test.
 
-Bottom to top (README, "Architecture")::
+Bottom to top (docs/architecture.md)::
 
     experiments    the tooling: experiment configurations, the otmdr command
         |

@@ -25,7 +25,8 @@ forward passes in the module's own mode)::
     loss_fn = TradesLoss(eps=0.1, beta=6.0)
     loss = loss_fn(net, x, y)            # a scalar, ready for .backward()
 
-The Pyro losses of :mod:`.elbo` put the same objectives in place of an ELBO's likelihood.
+The Pyro losses of :mod:`~pyro_otmdr.data_space.elbo` put the same objectives in place of an
+ELBO's likelihood.
 
 A batch with a NaN or infinite input, and an ARMOR batch with a non-finite loss, raise
 :class:`~pyro_otmdr.NonFiniteLossError` (a training loop skips the batch) before anything is

@@ -177,7 +177,7 @@ def test_inputs_outside_the_box_are_refused_before_any_step():
 
 
 def test_module_recipe_with_otmdr_optimizer_attacks_once_and_splits_the_rows():
-    """The README's recipe: attack once, then let OTMDROptimizer split x, x_adv and y alike."""
+    """docs/data_space.md's recipe: attack once, then let OTMDROptimizer split x, x_adv, y alike."""
     from pyro_otmdr import OTMDROptimizer
 
     net, x, y = linear_problem(low=0.0, high=1.0)

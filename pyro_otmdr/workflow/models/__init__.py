@@ -3,19 +3,19 @@
 Build one by name with :func:`build_model`; turn it into a Bayesian Pyro model with
 :func:`pyro_otmdr.bayes.bnn.bayesian`.
 
-========================  ===============================================  ===========
-name                      network                                          parameters
-========================  ===============================================  ===========
+========================  ================================================  ==========
+name                      network                                           parameters
+========================  ================================================  ==========
 ``mlp``                   :class:`MLP` for flat features (``in_features``)  small
 ``cnn``                   :class:`SmallCNN`, BatchNorm, 8x8 or 32x32        ~0.1M
 ``resnet10``              CIFAR ResNet-10 (3x3 stem, no max-pool)           ~4.9M
 ``resnet18``              CIFAR ResNet-18                                   ~11.2M
 ``wrn28_10``              WideResNet-28-10                                  ~36.5M
-``wrn``                   WideResNet, any ``depth``/``widen_factor``         varies
+``wrn``                   WideResNet, any ``depth``/``widen_factor``        varies
 ``mobilenet_v2``          torchvision MobileNetV2, 32x32 stem               ~2.2M
 ``efficientnet_b0``       torchvision EfficientNet-B0, 32x32 stem           ~4.0M
 ``densenet121``           torchvision DenseNet-121, 32x32 stem              ~7.0M
-========================  ===============================================  ===========
+========================  ================================================  ==========
 """
 
 from __future__ import annotations
