@@ -2,7 +2,10 @@
 
 * :mod:`.bnn`: :func:`bayesian` turns an ``nn.Module`` classifier into a Pyro model with priors;
 * :mod:`.ensemble`: :class:`AutoDeltaEnsemble` (a uniform mixture of point estimates) and
-  :class:`EnsembleELBO`;
+  :class:`EnsembleELBO`; :mod:`.members`: what an ensemble guide is (:func:`is_ensemble`) and
+  running a loss once per member;
+* :mod:`.wrapper`: :class:`WrapperELBO`, the base of every ELBO that wraps another (delegation,
+  ensemble members, nested state), and :class:`PreparesStep`, a loss that prepares each step;
 * :mod:`.replay`: draws of a guide and the model replayed under them, shared by evaluation and
   the attacks.
 
@@ -10,6 +13,16 @@ This layer imports nothing else from the package.
 """
 
 from .bnn import BayesianClassifier, bayesian
-from .ensemble import AutoDeltaEnsemble, EnsembleELBO, is_ensemble
+from .ensemble import AutoDeltaEnsemble, EnsembleELBO
+from .members import is_ensemble
+from .wrapper import PreparesStep, WrapperELBO
 
-__all__ = ["AutoDeltaEnsemble", "BayesianClassifier", "EnsembleELBO", "bayesian", "is_ensemble"]
+__all__ = [
+    "AutoDeltaEnsemble",
+    "BayesianClassifier",
+    "EnsembleELBO",
+    "PreparesStep",
+    "WrapperELBO",
+    "bayesian",
+    "is_ensemble",
+]

@@ -25,13 +25,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from pyro import poutine
-from pyro.infer import ELBO
 from pyro.infer.autoguide import AutoDelta, init_to_sample
 from pyro.nn import PyroModule
 from torch import nn
 
-__all__ = ["AutoDeltaEnsemble", "EnsembleELBO", "is_ensemble", "over_members", "sum_over_members"]
+from .members import over_members
+from .wrapper import WrapperELBO
+
+__all__ = ["AutoDeltaEnsemble", "EnsembleELBO"]
 
 InitLocFn = Callable[[dict], torch.Tensor]
 
@@ -100,76 +101,24 @@ class AutoDeltaEnsemble(PyroModule):
         return self.members[index].median(*args, **kwargs)
 
 
-def is_ensemble(guide: object) -> bool:
-    """Whether ``guide`` is an ensemble guide (has ``num_members`` and ``member``)."""
-    return isinstance(getattr(guide, "num_members", None), int) and hasattr(guide, "member")
-
-
-def over_members(guide: Any, run: Callable[[], Any]) -> Any:
-    """``run()`` for a single guide; for an ensemble, the sum of ``run()`` with each member active.
-
-    Usage::
-
-        total = over_members(guide, lambda: elbo.loss(model, guide, x, y))
-    """
-    if not is_ensemble(guide):
-        return run()
-    total = 0.0
-    for index in range(guide.num_members):
-        with guide.member(index):
-            total = total + run()
-    return total
-
-
-def sum_over_members(guide: Any, loss_and_grads: Callable[[], float]) -> float:
-    """Run ``loss_and_grads()`` once per member of ``guide``; return the summed loss.
-
-    Gradients of parameters seen by an earlier member are set aside while the next member runs,
-    so that every member's passes start from clean gradients, then added back: parameters shared
-    by the members (e.g. the model's own point parameters) end with the sum of their gradients.
-    """
-    total = 0.0
-    summed: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> its gradient over members so far
-    for index in range(guide.num_members):
-        for p in summed:
-            p.grad = None
-        with guide.member(index), poutine.trace(param_only=True) as capture:
-            total += loss_and_grads()
-        for site in capture.trace.nodes.values():
-            p = site["value"].unconstrained()
-            grad = p.grad if p.grad is not None else torch.zeros_like(p)
-            summed[p] = summed[p] + grad if p in summed else grad
-    for p, grad in summed.items():
-        p.grad = grad
-    return total
-
-
-class EnsembleELBO(ELBO):
+class EnsembleELBO(WrapperELBO):
     """Train every member of an :class:`AutoDeltaEnsemble` at each step with a plain ELBO.
 
     The loss is the sum of the members' losses, one trace per member: a deep ensemble, the
-    baseline of OT-MDR's uniform-mixture setting. For any other guide it is the wrapped ELBO.
+    baseline of OT-MDR's uniform-mixture setting. For any other guide it is the wrapped ELBO
+    (a jit ELBO too: every member's pass has the batch's shape).
 
     Usage::
 
         svi = SVI(model, AutoDeltaEnsemble(model, 5), optim, loss=EnsembleELBO(Trace_ELBO()))
     """
 
-    def __init__(self, elbo: ELBO) -> None:
-        if not isinstance(elbo, ELBO):
-            raise TypeError(f"expected a pyro.infer.ELBO to wrap, got {type(elbo).__name__}")
-        super().__init__()
-        self.elbo = elbo
-
-    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
-        return self.elbo._get_trace(model, guide, args, kwargs)
+    accepts_jit = True
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         return over_members(guide, lambda: self.elbo.loss(model, guide, *args, **kwargs))
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        if not is_ensemble(guide):
-            return self.elbo.loss_and_grads(model, guide, *args, **kwargs)
-        return sum_over_members(
-            guide, lambda: float(self.elbo.loss_and_grads(model, guide, *args, **kwargs))
+        return self.per_member(
+            guide, lambda: self.elbo.loss_and_grads(model, guide, *args, **kwargs)
         )

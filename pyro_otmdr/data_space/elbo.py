@@ -54,9 +54,9 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
 
-from ..bayes.ensemble import is_ensemble, over_members, sum_over_members
+from ..bayes.members import over_members
 from ..bayes.replay import categorical_of, guide_latents, trace_latents
-from ..model_space.elbo import check_wrappable
+from ..bayes.wrapper import WrapperELBO
 from ..model_space.reparam_noise import FixedReparamNoise
 from ..model_space.step import NonFiniteLossError
 from .common import attack_mode, check_choice
@@ -70,7 +70,7 @@ PREPARED_KEY = "_pyro_otmdr_adversarial_inputs"
 REGENERATE = ("per_step", "per_pass")
 
 
-class DataRobustELBO(ELBO):
+class DataRobustELBO(WrapperELBO):
     """Wrap a Pyro ELBO so that its likelihood term is a data-robust objective's.
 
     :param elbo: the ELBO to make robust (``Trace_ELBO``, ``TraceMeanField_ELBO``, ...; not jit).
@@ -92,7 +92,6 @@ class DataRobustELBO(ELBO):
         regenerate: str = "per_step",
         **options: Any,
     ) -> None:
-        check_wrappable(type(self).__name__, elbo)
         if isinstance(objective, type):
             objective = objective(**options)
         elif options:
@@ -104,8 +103,8 @@ class DataRobustELBO(ELBO):
         if not isinstance(site, str):
             raise TypeError(f"site must be the name of the observed site, got {site!r}")
         check_choice("regenerate", regenerate, REGENERATE)
-        super().__init__()
-        self.elbo, self.objective = elbo, objective
+        super().__init__(elbo)
+        self.objective = objective
         self.input_arg, self.site, self.regenerate = input_arg, site, regenerate
         self.attacks = 0  # how many attacks ran, for monitoring and tests
 
@@ -137,17 +136,23 @@ class DataRobustELBO(ELBO):
         members each take their own attack and pass. ``NonFiniteLossError`` when it is NaN or
         infinite, with the ``.grad`` as they were."""
         with self._guard(args, kwargs, grads=True):
-            if is_ensemble(guide):
-                value = sum_over_members(
-                    guide, lambda: float(self._run("loss_and_grads", model, guide, args, kwargs))
-                )
-            else:
-                value = self._run("loss_and_grads", model, guide, args, kwargs)
+            value = self.per_member(
+                guide, lambda: self._run("loss_and_grads", model, guide, args, kwargs)
+            )
             self._refuse_non_finite(value, kwargs)
         return value
 
-    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
-        return self.elbo._get_trace(model, guide, args, kwargs)
+    # -- state: the objective's (WDAT's running estimate), nested by WrapperELBO -----------------
+
+    def own_state_dict(self) -> dict[str, Any]:
+        """The objective's state, if it has one (WDAT's running sensitivity estimate)."""
+        state_dict = getattr(self.objective, "state_dict", None)
+        return dict(state_dict()) if state_dict is not None else {}
+
+    def load_own_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`own_state_dict` returned."""
+        if state and hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(state)
 
     # -- once per step ---------------------------------------------------------------------------
 

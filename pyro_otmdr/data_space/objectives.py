@@ -337,7 +337,7 @@ class WdatLoss(TradesLoss):
         upsilon_b = upsilon_b.detach()
         square = upsilon_b.square()
         if self.upsilon_sq is not None:
-            old = self.upsilon_sq
+            old = self.upsilon_sq.to(square.device)  # a loaded state comes on the CPU
             folded = self.decay * old + (1 - self.decay) * square
             folded = torch.where(old.isfinite(), folded, square)
             square = torch.where(square.isfinite(), folded, old)

@@ -47,7 +47,8 @@ from pyro.optim.lr_scheduler import PyroLRScheduler
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..bayes.bnn import BayesianClassifier, bayesian
-from ..bayes.ensemble import AutoDeltaEnsemble, EnsembleELBO, is_ensemble
+from ..bayes.ensemble import AutoDeltaEnsemble, EnsembleELBO
+from ..bayes.members import is_ensemble
 from ..data_space.elbo import ARMOR, TRADES, WDAT, AdversarialTraining, DataRobustELBO
 from ..evaluation import EvaluationResult, RobustnessReport, evaluate, robustness
 from ..evaluation.shift import ShiftResult, evaluate_shift

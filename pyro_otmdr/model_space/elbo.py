@@ -36,13 +36,9 @@ import torch
 from pyro import poutine
 from pyro.infer import (
     ELBO,
-    JitTrace_ELBO,
-    JitTraceEnum_ELBO,
-    JitTraceGraph_ELBO,
-    JitTraceMeanField_ELBO,
 )
 
-from ..bayes.ensemble import is_ensemble, sum_over_members
+from ..bayes.wrapper import PreparesStep, WrapperELBO, check_wrappable
 from .batching import Batch, BatchSplitter, batch_size_of, split_in_halves
 from .constant_params import ConstantParams
 from .device_loss import loss_and_grads_on_device
@@ -67,30 +63,6 @@ DEFAULT_NOISE_STD = 0.0
 """Default standard deviation of the noise added after each ascent move (see the docs,
 Benchmarks: Noise ablation)."""
 
-_JIT_ELBOS = (
-    JitTrace_ELBO,
-    JitTraceEnum_ELBO,
-    JitTraceGraph_ELBO,
-    JitTraceMeanField_ELBO,
-)
-
-
-def check_wrappable(wrapper: str, elbo: Any) -> None:
-    """``TypeError`` unless ``elbo`` is a non-jit :class:`pyro.infer.ELBO` that ``wrapper`` can
-    evaluate on batches of several shapes with the guide's noise fixed per step."""
-    if not isinstance(elbo, ELBO):
-        raise TypeError(
-            f"{wrapper} expects a pyro.infer.ELBO to wrap (e.g. Trace_ELBO()), got "
-            f"{type(elbo).__name__}"
-        )
-    if isinstance(elbo, _JIT_ELBOS):
-        raise TypeError(
-            f"{type(elbo).__name__} compiles the loss once for one batch shape and bakes the "
-            f"guide's noise into the compiled graph, but {wrapper} evaluates it on several "
-            "batches with the noise fixed per step: wrap the non-jit version "
-            f"({type(elbo).__name__.removeprefix('Jit')}) instead"
-        )
-
 
 def prepared_batch(elbo: Any, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Batch:
     """The batch as the wrapped loss prepares it once per step, before the passes.
@@ -100,14 +72,15 @@ def prepared_batch(elbo: Any, model: Callable, guide: Callable, args: tuple, kwa
     there, once, and return the batch carrying the adversarial inputs (as an argument with the
     batch's leading dimension, so that the halves get their rows).
     """
-    prepare = getattr(elbo, "prepare_step", None)
-    return (args, kwargs) if prepare is None else prepare(model, guide, args, kwargs)
+    if isinstance(elbo, PreparesStep):
+        return elbo.prepare_step(model, guide, args, kwargs)
+    return args, kwargs
 
 
 def per_example_mean(elbo: Any) -> bool:
     """Whether the wrapped loss of a batch is a mean over its examples (plate idiom aside): a
     loss may say it is not (``per_example_mean = False``, ARMOR's dual couples the examples)."""
-    return bool(getattr(elbo, "per_example_mean", True))
+    return bool(elbo.per_example_mean) if isinstance(elbo, PreparesStep) else True
 
 
 def _pyros_pass(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> float:
@@ -115,7 +88,7 @@ def _pyros_pass(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwarg
     return elbo.loss_and_grads(model, guide, *args, **kwargs)
 
 
-class OTMDR(ELBO):
+class OTMDR(WrapperELBO):
     """Wrap a Pyro ELBO so that ``SVI.step`` takes an OT-MDR step.
 
     :param elbo: the loss to make robust, any :class:`pyro.infer.ELBO` (``Trace_ELBO``,
@@ -162,9 +135,7 @@ class OTMDR(ELBO):
         self.split_batch = split_batch or split_in_halves
 
     def _init(self, elbo: ELBO, engine: SharpnessAwareStep, perturb: PerturbRule | None) -> None:
-        check_wrappable(type(self).__name__, elbo)
-        super().__init__()
-        self.elbo = elbo
+        WrapperELBO.__init__(self, elbo)
         self.engine = engine
         self.perturb = perturb or perturbed_by_default
         self.last_step: StepInfo | None = None
@@ -195,18 +166,7 @@ class OTMDR(ELBO):
         """The generator of the batch splits and the noise."""
         return self.engine.generator
 
-    # -- the Pyro ELBO interface ---------------------------------------------------------------
-
-    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        """The wrapped ELBO's loss at the current (unperturbed) parameters."""
-        return self.elbo.loss(model, guide, *args, **kwargs)
-
-    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
-        """The wrapped ELBO's differentiable loss at the current parameters."""
-        return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
-
-    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
-        return self.elbo._get_trace(model, guide, args, kwargs)
+    # -- the Pyro ELBO interface (loss, differentiable_loss: the wrapped ELBO's) ---------------
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """Take the passes of one step; leave the descent gradient in ``.grad``.
@@ -216,9 +176,7 @@ class OTMDR(ELBO):
         its own step. After any exception every parameter is restored bit for bit, running
         statistics are as before the step and the gradients are zeroed.
         """
-        if is_ensemble(guide):
-            return sum_over_members(guide, lambda: self._step(model, guide, args, kwargs))
-        return self._step(model, guide, args, kwargs)
+        return self.per_member(guide, lambda: self._step(model, guide, args, kwargs))
 
     def _step(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> float:
         """One step for one point estimate or Gaussian guide (an ensemble member)."""
@@ -281,12 +239,13 @@ class OTMDR(ELBO):
 
     # -- state -----------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        """The generators' states, to resume a run with the same splits and noise."""
+    def own_state_dict(self) -> dict[str, Any]:
+        """The generators' states, to resume a run with the same splits and noise (the wrapped
+        loss's state, WDAT's running estimate say, nests under ``"elbo"`` in ``state_dict``)."""
         return self.engine.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+    def load_own_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`own_state_dict` returned."""
         self.engine.load_state_dict(state)
 
 

@@ -282,7 +282,8 @@ def load_checkpoint(
     if optim is not None:
         _restore_optim(optim, _need(contents, "optim", path), device)
     loss = _loss_object(loss)
-    if loss is not None and hasattr(loss, "load_state_dict"):
+    restorable = loss is not None and hasattr(loss, "load_state_dict")
+    if restorable and (contents["loss"] is not None or _loss_state(loss)):  # empty: nothing to do
         loss.load_state_dict(_need(contents, "loss", path))
     if scheduler is not None:
         scheduler.load_state_dict(_need(contents, "scheduler", path))

@@ -26,6 +26,7 @@ from typing import Any
 import pyro
 import torch
 
+from ...bayes.wrapper import WrapperELBO
 from ...evaluation import EvaluationResult
 from ...workflow.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from ...workflow.outputs import (
@@ -155,18 +156,15 @@ def save_run_checkpoint(
 ) -> None:
     """Write the training state atomically with :func:`~pyro_otmdr.save_checkpoint`.
 
-    Besides the param store, optimiser, loss generators and RNG states it keeps the config, the
-    history so far and the model's buffers (BatchNorm statistics) as ``extra``, and the state of
-    a data-robust objective that has one (WDAT's running sensitivity estimate) as
-    ``extra["objective_state"]``: OT-MDR's ``state_dict`` holds only its own generators.
+    Besides the param store, optimiser, the loss's whole state (OT-MDR's generators, and nested
+    in them a data-robust loss's, WDAT's running sensitivity estimate) and RNG states it keeps
+    the config, its fingerprint, the history so far and the model's buffers (BatchNorm
+    statistics) as ``extra``.
     """
     buffers = {name: value.detach() for name, value in experiment.model.named_buffers()}
     config = experiment.config
     extra = {"config": config.to_dict(), "config_fingerprint": config.fingerprint()}
     extra.update(history=history, model_buffers=buffers)
-    objective = _stateful_objective(experiment.loss)
-    if objective is not None:
-        extra["objective_state"] = objective.state_dict()
     save_checkpoint(
         path, optim=experiment.optim, loss=experiment.loss, epoch=epoch, step=step, extra=extra
     )
@@ -195,17 +193,19 @@ def load_run(run_dir: Path, device: str | None) -> tuple[Experiment, Checkpoint]
         _check_matches(config, saved.extra, config_path)
         experiment = build_experiment(replace(config, device=device))
         warm_up(experiment)  # the guide builds its parameters (and draws from the RNG) first
+        # a run saved before the loss state nested a data-robust loss's: no loss state, or
+        # OT-MDR's alone, and the objective's in extra["objective_state"]
+        legacy = saved.extra.get("objective_state")
+        loss = experiment.loss if saved.contents["loss"] is not None else None
         checkpoint = load_checkpoint(
-            checkpoint_path, optim=experiment.optim, loss=experiment.loss, map_location=device
+            checkpoint_path, optim=experiment.optim, loss=loss, map_location=device
         )
     except CheckpointError as err:
         raise RunError(str(err)) from None
     buffers = checkpoint.extra["model_buffers"]
     experiment.model.load_state_dict({k: v.to(device) for k, v in buffers.items()}, strict=False)
-    objective = _stateful_objective(experiment.loss)
-    if objective is not None and "objective_state" in checkpoint.extra:
-        state = checkpoint.extra["objective_state"]
-        objective.load_state_dict({k: _on(v, device) for k, v in state.items()})
+    if legacy is not None:
+        _innermost(experiment.loss).load_own_state_dict(legacy)
     return experiment, checkpoint
 
 
@@ -237,21 +237,11 @@ def _check_matches(config: ExperimentConfig, extra: dict, config_path: Path) -> 
     )
 
 
-def _stateful_objective(loss: Any) -> Any:
-    """The objective of the data-robust loss inside ``loss`` (OT-MDR/SAM keep theirs as
-    ``.elbo``) when it has a state to save, else ``None``."""
-    for _ in range(4):  # OTMDR -> DataRobustELBO -> ELBO: a short chain
-        objective = getattr(loss, "objective", None)
-        if hasattr(objective, "state_dict") and hasattr(objective, "load_state_dict"):
-            return objective
-        loss = getattr(loss, "elbo", None)
-        if loss is None:
-            return None
-    return None
-
-
-def _on(value: Any, device: str) -> Any:
-    return value.to(device) if isinstance(value, torch.Tensor) else value
+def _innermost(loss: Any) -> Any:
+    """The innermost wrapper of a loss stack (``OTMDR(WDAT(Trace_ELBO()))`` -> the WDAT)."""
+    while isinstance(getattr(loss, "elbo", None), WrapperELBO):
+        loss = loss.elbo
+    return loss
 
 
 def environment() -> dict[str, str]:

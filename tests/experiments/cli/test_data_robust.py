@@ -8,6 +8,7 @@ import torch
 
 import pyro_otmdr.experiments.cli.compare as compare_command
 import pyro_otmdr.experiments.cli.train as train_command
+import pyro_otmdr.workflow.checkpoint as checkpoint_module
 from pyro_otmdr.evaluation import RobustnessReport
 from pyro_otmdr.experiments.cli import main
 from pyro_otmdr.experiments.config import ExperimentConfig
@@ -49,7 +50,7 @@ def test_train_with_wdat_resumes_its_running_estimate(tmp_path, monkeypatch):
     assert main(["train", *flags, "--out", str(tmp_path / "part")]) == 130
     monkeypatch.undo()
     saved = load_checkpoint(tmp_path / "part" / "checkpoint.pt", param_store=False)
-    first = saved.extra["objective_state"]["upsilon_sq"]
+    first = saved.contents["loss"]["upsilon_sq"]  # the WDAT loss's own state
     assert isinstance(first, torch.Tensor) and first > 0
     assert main(["train", "--resume", str(tmp_path / "part"), "--quiet", "--device", "cpu"]) == 0
 
@@ -57,12 +58,39 @@ def test_train_with_wdat_resumes_its_running_estimate(tmp_path, monkeypatch):
     metrics = [json.loads((run / "metrics.json").read_text()) for run in runs]
     assert metrics[0]["metrics"] == metrics[1]["metrics"]
     states = [
-        load_checkpoint(run / "checkpoint.pt", param_store=False, restore_rng=False).extra[
-            "objective_state"
+        load_checkpoint(run / "checkpoint.pt", param_store=False, restore_rng=False).contents[
+            "loss"
         ]["upsilon_sq"]
         for run in runs
     ]
     assert torch.equal(states[0], states[1]) and not torch.equal(states[0], first)
+
+
+@pytest.mark.parametrize("method", ["svi", "otmdr"])
+def test_a_run_saved_with_the_objective_state_apart_still_resumes(tmp_path, monkeypatch, method):
+    """Checkpoints of earlier versions kept WDAT's estimate in ``extra["objective_state"]`` and
+    the loss state without it (none for SVI, OT-MDR's generators alone)."""
+    flags = [*TINY, "--epochs", "2", "--guide", "delta", "--method", method, "--quiet"]
+    flags += ["--data-robust", "wdat", "--delta", "0.05"]
+    assert main(["train", *flags, "--out", str(tmp_path / "full")]) == 0
+    save = train_command.save_run_checkpoint
+
+    def save_as_before(path, experiment, epoch, step, history):
+        save(path, experiment, epoch, step, history)
+        contents = load_checkpoint(path, param_store=False, restore_rng=False).contents
+        nested = contents["loss"]
+        objective = nested.pop("elbo") if method == "otmdr" else nested
+        contents["loss"] = nested if method == "otmdr" else None
+        contents["extra"]["objective_state"] = objective
+        checkpoint_module._atomic_save(contents, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_command, "save_run_checkpoint", save_as_before)
+    assert main(["train", *flags, "--out", str(tmp_path / "part")]) == 130
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(tmp_path / "part"), "--quiet", "--device", "cpu"]) == 0
+    metrics = [json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("full", "part")]
+    assert metrics[0]["metrics"] == metrics[1]["metrics"]
 
 
 def test_compare_over_data_robust_losses_adds_the_robust_columns(tmp_path, capsys):

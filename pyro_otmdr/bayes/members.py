@@ -1,0 +1,66 @@
+"""What an ensemble guide is, and running a loss once per member: one definition for the package.
+
+An ensemble guide has an ``int`` attribute ``num_members`` and a context manager
+``member(index)`` that makes member ``index`` the guide inside it
+(:class:`~pyro_otmdr.AutoDeltaEnsemble` is one). Every wrapper ELBO, the posterior draws and the
+tooling ask :func:`is_ensemble`.
+
+Usage::
+
+    if is_ensemble(guide):
+        total = over_members(guide, lambda: elbo.loss(model, guide, x, y))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from pyro import poutine
+
+__all__ = ["is_ensemble", "over_members", "sum_over_members"]
+
+
+def is_ensemble(guide: object) -> bool:
+    """Whether ``guide`` is an ensemble guide (has ``num_members`` and ``member``)."""
+    return isinstance(getattr(guide, "num_members", None), int) and hasattr(guide, "member")
+
+
+def over_members(guide: Any, run: Callable[[], Any]) -> Any:
+    """``run()`` for a single guide; for an ensemble, the sum of ``run()`` with each member active.
+
+    Usage::
+
+        total = over_members(guide, lambda: elbo.loss(model, guide, x, y))
+    """
+    if not is_ensemble(guide):
+        return run()
+    total = 0.0
+    for index in range(guide.num_members):
+        with guide.member(index):
+            total = total + run()
+    return total
+
+
+def sum_over_members(guide: Any, loss_and_grads: Callable[[], float]) -> float:
+    """Run ``loss_and_grads()`` once per member of ``guide``; return the summed loss.
+
+    Gradients of parameters seen by an earlier member are set aside while the next member runs,
+    so that every member's passes start from clean gradients, then added back: parameters shared
+    by the members (e.g. the model's own point parameters) end with the sum of their gradients.
+    """
+    total = 0.0
+    summed: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> its gradient over members so far
+    for index in range(guide.num_members):
+        for p in summed:
+            p.grad = None
+        with guide.member(index), poutine.trace(param_only=True) as capture:
+            total += loss_and_grads()
+        for site in capture.trace.nodes.values():
+            p = site["value"].unconstrained()
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            summed[p] = summed[p] + grad if p in summed else grad
+    for p, grad in summed.items():
+        p.grad = grad
+    return total

@@ -1,0 +1,144 @@
+"""The base of every ELBO that wraps another: delegation, ensemble members, nested state.
+
+:class:`~pyro_otmdr.EnsembleELBO` (every member of an ensemble), the model-space
+:class:`~pyro_otmdr.OTMDR` and :class:`~pyro_otmdr.SAM` and the data-space losses
+(:class:`~pyro_otmdr.TRADES`, ...) all wrap a Pyro ELBO and stack (``OTMDR(TRADES(Trace_ELBO()))``).
+:class:`WrapperELBO` does once what each of them needs:
+
+* refuse what cannot be wrapped (not an ELBO, a jit ELBO: :func:`check_wrappable`);
+* delegate ``loss``, ``differentiable_loss`` and Pyro's ``_get_trace`` to the inner ELBO;
+* run a loss once per member of an ensemble guide (:meth:`~WrapperELBO.per_member`), the one
+  definition of an ensemble being :func:`~pyro_otmdr.bayes.ensemble.is_ensemble`;
+* nest ``state_dict``/``load_state_dict``: a wrapper's own state, with the inner ELBO's under
+  ``"elbo"`` when it has one, so one call saves the whole stack.
+
+:class:`PreparesStep` is the typed contract of a loss that prepares each step's batch once
+(a data-robust loss attacks there) before a sharpness-aware step's passes.
+
+Usage::
+
+    class Doubled(WrapperELBO):
+        def loss_and_grads(self, model, guide, *args, **kwargs):
+            return self.per_member(guide, lambda: 2 * self.elbo.loss_and_grads(
+                model, guide, *args, **kwargs))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+from pyro.infer import (
+    ELBO,
+    JitTrace_ELBO,
+    JitTraceEnum_ELBO,
+    JitTraceGraph_ELBO,
+    JitTraceMeanField_ELBO,
+)
+
+from .members import is_ensemble, sum_over_members
+
+__all__ = ["PreparesStep", "WrapperELBO", "check_wrappable"]
+
+_JIT_ELBOS = (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO)
+
+#: The key of the inner ELBO's state in a wrapper's ``state_dict``.
+INNER = "elbo"
+
+
+def check_wrappable(wrapper: str, elbo: Any, *, jit: bool = False) -> None:
+    """``TypeError`` unless ``elbo`` is a :class:`pyro.infer.ELBO`, and (unless ``jit``) not a
+    jit one: ``wrapper`` evaluates it on batches of several shapes with the guide's noise fixed
+    per step."""
+    if not isinstance(elbo, ELBO):
+        raise TypeError(
+            f"{wrapper} expects a pyro.infer.ELBO to wrap (e.g. Trace_ELBO()), got "
+            f"{type(elbo).__name__}"
+        )
+    if not jit and isinstance(elbo, _JIT_ELBOS):
+        raise TypeError(
+            f"{type(elbo).__name__} compiles the loss once for one batch shape and bakes the "
+            f"guide's noise into the compiled graph, but {wrapper} evaluates it on several "
+            "batches with the noise fixed per step: wrap the non-jit version "
+            f"({type(elbo).__name__.removeprefix('Jit')}) instead"
+        )
+
+
+@runtime_checkable
+class PreparesStep(Protocol):
+    """A loss that prepares each step's batch once, at the unperturbed parameters.
+
+    A sharpness-aware step calls ``prepare_step`` before its passes and runs every pass on what
+    it returns; ``per_example_mean`` says whether a batch's loss is a mean over its examples
+    (what lets two halves average to the whole batch).
+    """
+
+    @property
+    def per_example_mean(self) -> bool: ...
+
+    def prepare_step(
+        self, model: Callable, guide: Callable, args: tuple, kwargs: dict
+    ) -> tuple[tuple, dict]: ...
+
+
+class WrapperELBO(ELBO):
+    """An ELBO around another ELBO (``self.elbo``); see the module docstring.
+
+    Subclasses implement ``loss_and_grads`` and, when they have a state of their own,
+    :meth:`own_state_dict` and :meth:`load_own_state_dict`. ``accepts_jit`` (``False``): whether
+    a jit ELBO may be wrapped.
+    """
+
+    accepts_jit: bool = False
+
+    def __init__(self, elbo: ELBO) -> None:
+        check_wrappable(type(self).__name__, elbo, jit=self.accepts_jit)
+        super().__init__()
+        self.elbo = elbo
+
+    # -- delegation ------------------------------------------------------------------------------
+
+    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """The wrapped ELBO's loss at the current parameters."""
+        return self.elbo.loss(model, guide, *args, **kwargs)
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
+        """The wrapped ELBO's differentiable loss at the current parameters."""
+        return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
+
+    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+        return self.elbo._get_trace(model, guide, args, kwargs)
+
+    @staticmethod
+    def per_member(guide: Callable, loss_and_grads: Callable[[], Any]) -> Any:
+        """``loss_and_grads()`` for one guide; for an ensemble, once per member with clean
+        gradients for each (:func:`~pyro_otmdr.bayes.ensemble.sum_over_members`), summed."""
+        if not is_ensemble(guide):
+            return loss_and_grads()
+        return sum_over_members(guide, lambda: float(loss_and_grads()))
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def own_state_dict(self) -> dict[str, Any]:
+        """This wrapper's own state (none by default)."""
+        return {}
+
+    def load_own_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`own_state_dict` returned."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole stack's state: this wrapper's own, and the inner ELBO's under ``"elbo"``
+        when it has one."""
+        state = dict(self.own_state_dict())
+        if hasattr(self.elbo, "state_dict"):
+            inner = self.elbo.state_dict()
+            if inner:
+                state[INNER] = inner
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (a state saved before the nesting, without
+        ``"elbo"``, restores this wrapper only)."""
+        self.load_own_state_dict({k: v for k, v in state.items() if k != INNER})
+        if INNER in state and hasattr(self.elbo, "load_state_dict"):
+            self.elbo.load_state_dict(state[INNER])
