@@ -38,7 +38,12 @@ STABLE_MODULES = {
         "pyro_otmdr.evaluation.predictive",
         "pyro_otmdr.evaluation.robustness",
     ),
-    "pyro_otmdr.experiments": "pyro_otmdr.experiments.config",
+    "pyro_otmdr.experiments": (
+        "pyro_otmdr.experiments.config",
+        "pyro_otmdr.experiments.builders",
+        "pyro_otmdr.experiments.experiment",
+        "pyro_otmdr.experiments.runs",
+    ),
     "pyro_otmdr.attacks": "pyro_otmdr.data_space",
 }
 
@@ -73,7 +78,7 @@ def test_a_stable_module_re_exports_its_layer(path):
     stable = importlib.import_module(path)
     assert stable.__all__
     for name in stable.__all__:
-        assert any(getattr(stable, name) is getattr(h, name, None) for h in homes), name
+        assert any(getattr(stable, name) is vars(h).get(name) for h in homes), name
 
 
 @pytest.mark.parametrize("old", DEPRECATED)
@@ -83,3 +88,10 @@ def test_a_deprecated_path_warns_and_is_its_new_home(old, monkeypatch):
     with pytest.warns(DeprecationWarning, match=rf"{old} is deprecated.*import {new.__name__}"):
         module = importlib.import_module(old)
     assert module is new and module.__all__
+
+
+def test_the_names_config_gave_up_warn_and_are_their_new_homes():
+    from pyro_otmdr.experiments import config, runs
+
+    with pytest.warns(DeprecationWarning, match="config.train_experiment is deprecated.*runs"):
+        assert config.train_experiment is runs.train_experiment

@@ -1,6 +1,10 @@
 """The tooling: experiment configurations and the ``otmdr`` command, on top of the library.
 
-* :mod:`.config`: :class:`ExperimentConfig` to a built, trained and evaluated experiment;
+* :mod:`.config`: :class:`ExperimentConfig`, every setting of a run declared once
+  (:mod:`.settings`: the kinds of values and the flags built from them);
+* :mod:`.builders`: the guide, data-robust loss, loss and optimiser a configuration names;
+* :mod:`.experiment`: :func:`build_experiment`, the objects of one run;
+* :mod:`.runs`: train, evaluate, attack and shift a run;
 * :mod:`.names`: the names an experiment is built from, without torch (for the parser);
 * :mod:`.cli`: the ``otmdr`` command.
 
@@ -12,7 +16,8 @@ Usage::
 
     from pyro_otmdr.experiments import run_experiment
 
-    metrics = run_experiment(dataset="digits", guide="normal", method="otmdr", epochs=30)
+    metrics = run_experiment(dataset="digits", guide="delta", method="sam", epochs=1)
+    assert metrics["accuracy"] > 0.5
 """
 
 from __future__ import annotations
@@ -22,23 +27,26 @@ from typing import Any
 
 from .names import DATA_ROBUST, DEFAULT_RHO, GUIDES, METHODS, OPTIMIZERS, SCHEDULES
 
-#: The names of :mod:`.config`, loaded on first use so that ``otmdr --help`` imports no torch.
-_CONFIG_NAMES = (
-    "DATA_ROBUST_LOSSES",
-    "RUNTIME_KEYS",
-    "Experiment",
-    "ExperimentConfig",
-    "attack_experiment",
-    "build_experiment",
-    "evaluate_experiment",
-    "make_data_robust",
-    "make_guide",
-    "make_loss",
-    "make_optim",
-    "run_experiment",
-    "shift_experiment",
-    "train_experiment",
-)
+#: Each name of the submodules and its module, loaded on first use (``otmdr --help`` imports
+#: no torch).
+_HOMES = {
+    "DEFAULT_LR": "config",
+    "RUNTIME_KEYS": "config",
+    "ExperimentConfig": "config",
+    "DATA_ROBUST_LOSSES": "builders",
+    "make_data_robust": "builders",
+    "make_guide": "builders",
+    "make_loss": "builders",
+    "make_optim": "builders",
+    "Experiment": "experiment",
+    "build_experiment": "experiment",
+    "ood_inputs": "experiment",
+    "attack_experiment": "runs",
+    "evaluate_experiment": "runs",
+    "run_experiment": "runs",
+    "shift_experiment": "runs",
+    "train_experiment": "runs",
+}
 
 __all__ = [
     "DATA_ROBUST",
@@ -47,14 +55,15 @@ __all__ = [
     "METHODS",
     "OPTIMIZERS",
     "SCHEDULES",
-    *_CONFIG_NAMES,
+    *_HOMES,
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _CONFIG_NAMES:
+    home = _HOMES.get(name)
+    if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.config"), name)
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
     globals()[name] = value
     return value
 

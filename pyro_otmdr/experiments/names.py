@@ -18,6 +18,7 @@ __all__ = [
     "DATASET_NAMES",
     "DATA_ROBUST",
     "DATA_ROBUST_PARAMS",
+    "DATA_ROBUST_REGISTRY",
     "DEFAULT_RHO",
     "GUIDES",
     "METHODS",
@@ -26,6 +27,7 @@ __all__ = [
     "SCHEDULES",
     "SHIFT_NAMES",
     "THREAT_NAMES",
+    "users_of",
 ]
 
 DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10", "cifar100", "fakedata")
@@ -42,18 +44,30 @@ MODEL_NAMES: tuple[str, ...] = (
 )
 GUIDES: tuple[str, ...] = ("delta", "ensemble", "normal")
 METHODS: tuple[str, ...] = ("svi", "sam", "otmdr")
-#: The data-robust training losses (``ExperimentConfig.data_robust``), ``"none"`` for the plain
-#: likelihood: :class:`~pyro_otmdr.AdversarialTraining`, :class:`~pyro_otmdr.TRADES`,
-#: :class:`~pyro_otmdr.WDAT` and :class:`~pyro_otmdr.ARMOR`.
-DATA_ROBUST: tuple[str, ...] = ("none", "at", "trades", "wdat", "armor")
+#: The data-robust training losses of ``ExperimentConfig.data_robust``, the one place that
+#: registers them: the class (``"module:attribute"``, imported when a run builds one) and the
+#: configuration fields it takes as keywords. A new loss is one line here; a parameter that no
+#: loss had before is one field of ``ExperimentConfig``.
+DATA_ROBUST_REGISTRY: dict[str, tuple[str, tuple[str, ...]]] = {
+    "at": ("pyro_otmdr.data_space:AdversarialTraining", ("eps",)),
+    "trades": ("pyro_otmdr.data_space:TRADES", ("eps", "beta")),
+    "wdat": ("pyro_otmdr.data_space:WDAT", ("delta", "beta")),
+    "armor": ("pyro_otmdr.data_space:ARMOR", ("eps", "budget")),
+}
+#: The names of :data:`DATA_ROBUST_REGISTRY`, after ``"none"``, the plain likelihood.
+DATA_ROBUST: tuple[str, ...] = ("none", *DATA_ROBUST_REGISTRY)
 #: The ``ExperimentConfig`` fields each data-robust loss takes (the keywords of its class).
 DATA_ROBUST_PARAMS: dict[str, tuple[str, ...]] = {
     "none": (),
-    "at": ("eps",),
-    "trades": ("eps", "beta"),
-    "wdat": ("delta", "beta"),
-    "armor": ("eps", "budget"),
+    **{name: params for name, (_, params) in DATA_ROBUST_REGISTRY.items()},
 }
+
+
+def users_of(param: str) -> str:
+    """The data-robust losses that take ``param``, as text for a flag's help (``at, trades``)."""
+    return ", ".join(name for name, params in DATA_ROBUST_PARAMS.items() if param in params)
+
+
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 

@@ -1,8 +1,11 @@
 """The light name lists of the parser agree with the registries that build the objects."""
 
+from dataclasses import fields, replace
+
 from pyro_otmdr.evaluation.robustness import THREATS
 from pyro_otmdr.evaluation.shift import SHIFTS
-from pyro_otmdr.experiments import config, names
+from pyro_otmdr.experiments import builders, config, names
+from pyro_otmdr.model_space import DEFAULT_NOISE_STD
 from pyro_otmdr.workflow import data, models
 
 
@@ -11,12 +14,22 @@ def test_names_match_the_registries():
     assert names.DATASET_NAMES == data.DATASET_NAMES
     assert tuple(THREATS) == names.THREAT_NAMES
     assert names.SHIFT_NAMES == SHIFTS
-    assert config.GUIDES == names.GUIDES and config.DEFAULT_RHO == names.DEFAULT_RHO
+    assert config.ExperimentConfig().noise_std == DEFAULT_NOISE_STD
 
 
-def test_data_robust_names_match_the_losses_and_the_config_fields():
-    assert config.DATA_ROBUST == names.DATA_ROBUST
-    assert set(names.DATA_ROBUST) == {"none", *config.DATA_ROBUST_LOSSES}
-    assert set(names.DATA_ROBUST_PARAMS) == set(names.DATA_ROBUST)
-    fields = set(config.ExperimentConfig.__dataclass_fields__)
-    assert {p for ps in names.DATA_ROBUST_PARAMS.values() for p in ps} <= fields
+def test_every_registered_data_robust_loss_takes_its_fields_as_keywords():
+    known = {spec.name for spec in fields(config.ExperimentConfig)}
+    assert ("none", *builders.DATA_ROBUST_LOSSES) == names.DATA_ROBUST
+    odd = {"eps": 0.125, "delta": 0.0625, "beta": 2.5, "budget": 0.03125}  # not the defaults
+    for name, cls in builders.DATA_ROBUST_LOSSES.items():
+        params = names.DATA_ROBUST_PARAMS[name]
+        assert set(params) <= known, name
+        chosen = replace(config.ExperimentConfig(data_robust=name), **odd)
+        loss = builders.make_data_robust(chosen)
+        assert type(loss) is cls
+        assert {p: getattr(loss.objective, p) for p in params} == {p: odd[p] for p in params}
+
+
+def test_a_flags_help_names_the_losses_that_use_it():
+    assert names.users_of("eps") == "at, trades, armor"
+    assert names.users_of("beta") == "trades, wdat"

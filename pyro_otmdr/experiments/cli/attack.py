@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import attack_experiment
+from ..runs import attack_experiment
 from .rundir import (
     add_to_tree,
     environment,

@@ -46,15 +46,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ...workflow.outputs import atomic_path, write_text
-from ..config import (
-    ExperimentConfig,
-    attack_experiment,
-    build_experiment,
-    evaluate_experiment,
-    shift_experiment,
-    train_experiment,
-)
+from ..config import ExperimentConfig
+from ..experiment import build_experiment
 from ..names import DATA_ROBUST_PARAMS
+from ..runs import attack_experiment, evaluate_experiment, shift_experiment, train_experiment
 from .parser import UsageError
 from .rundir import config_from_args, mean_step_ms, write_json, write_plot
 

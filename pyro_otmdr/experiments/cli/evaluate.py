@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import evaluate_experiment, ood_inputs, shift_experiment
+from ..experiment import ood_inputs
+from ..runs import evaluate_experiment, shift_experiment
 from .rundir import (
     add_to_tree,
     environment,

@@ -1,7 +1,9 @@
 """The ``otmdr`` argument parser: flags, value types, and the errors a command may raise.
 
-It imports only the standard library and :mod:`..names`, so ``otmdr --help`` and a bad flag answer
-at once; each command's module, with torch and Pyro, is imported only when the command runs.
+It imports only the standard library, :mod:`..names` and :mod:`..config`, whose
+:class:`~..config.ExperimentConfig` declares each run flag once (the parser builds the flags
+from it), so ``otmdr --help`` and a bad flag answer at once; each command's module, with torch
+and Pyro, is imported only when the command runs.
 
 Usage::
 
@@ -13,22 +15,14 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ..names import (
-    DATA_ROBUST,
-    DATASET_NAMES,
-    DEFAULT_RHO,
-    GUIDES,
-    METHODS,
-    MODEL_NAMES,
-    OPTIMIZERS,
-    SCHEDULES,
-    SHIFT_NAMES,
-    THREAT_NAMES,
-)
+from ..config import ExperimentConfig
+from ..names import DATASET_NAMES, GUIDES, METHODS, SHIFT_NAMES, THREAT_NAMES
+from ..settings import name_list, setting_of
 
 __all__ = ["RunError", "UsageError", "build_parser"]
 
@@ -39,32 +33,6 @@ class UsageError(Exception):
 
 class RunError(Exception):
     """A run directory that cannot be loaded (exit status 1)."""
-
-
-def name_list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
-    """An argparse type: a comma-separated list of names from ``allowed``."""
-
-    def parse(text: str) -> list[str]:
-        names = [name.strip() for name in text.split(",") if name.strip()]
-        bad = [name for name in names if name not in allowed]
-        if bad or not names:
-            raise argparse.ArgumentTypeError(
-                f"invalid choice: {','.join(bad) or repr(text)} "
-                f"(choose from {', '.join(map(repr, allowed))})"
-            )
-        return names
-
-    return parse
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive ints like 128 or 256,256: {text!r}")
-    return sizes
 
 
 def _severities(text: str) -> tuple[int, ...]:
@@ -106,10 +74,6 @@ def positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def _non_negative_float(text: str) -> float:
-    return positive(float)(text) if text.strip() not in ("0", "0.0") else 0.0
-
-
 def box_fraction(text: str) -> float:
     """An argparse type: a number in ``(0, 1]``, a radius in the units of the ``[0, 1]`` box."""
     value = positive(float)(text)
@@ -117,16 +81,6 @@ def box_fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"must be in (0, 1], the units of the inputs' [0, 1] box, got {text!r}"
         )
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
     return value
 
 
@@ -151,81 +105,18 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run_flags(parser: argparse.ArgumentParser, grid: bool) -> None:
-    """The flags of one run; ``grid`` leaves out guide, method and seed (compare's own)."""
-    pos_int, pos_float = positive(int), positive(float)
-    data = parser.add_argument_group("data and model")
-    data.add_argument("--dataset", choices=DATASET_NAMES, default="digits")
-    data.add_argument("--data-dir", help="folder holding the CIFAR archive (default ./data)")
-    data.add_argument("--download", action="store_true", help="let torchvision fetch CIFAR")
-    data.add_argument("--val-size", type=int, default=0, help="CIFAR images held out for val")
-    data.add_argument("--model", choices=MODEL_NAMES, default="mlp")
-    data.add_argument("--hidden", type=_int_list, default=(128,), help="mlp sizes, e.g. 256,256")
-    data.add_argument("--width", type=pos_int, help="first-stage channels of cnn/resnet10/18")
-    data.add_argument("--prior-scale", type=pos_float, default=1.0, help="N(0, s^2) prior")
-    method = parser.add_argument_group("method")
-    rho_defaults = ", ".join(f"{g} {r}" for g, r in DEFAULT_RHO.items())
-    if grid:
-        method.add_argument(
-            "--rho",
-            type=float_list,
-            help="first radii, e.g. 0.01,0.02,0.05: with several, the one with the lowest "
-            f"validation NLL is chosen per guide and method (default: {rho_defaults})",
-        )
-    else:
-        method.add_argument("--guide", choices=GUIDES, default="normal")
-        method.add_argument("--method", choices=METHODS, default="otmdr")
-        method.add_argument("--rho", type=pos_float, help=f"first radius ({rho_defaults})")
-    method.add_argument("--rho2", type=pos_float, help="second radius (default 2 * rho)")
-    method.add_argument("--particles", type=pos_int, default=1, help="OT-MDR particles K")
-    method.add_argument("--noise", type=_non_negative_float, default=0.0, help="ascent noise std")
-    method.add_argument("--members", type=pos_int, default=5, help="ensemble members")
-    method.add_argument("--init-scale", type=pos_float, default=1e-3, help="AutoNormal's scales")
-    _add_data_robust_flags(parser, grid)
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=pos_int, default=30)
-    opt.add_argument("--batch-size", type=pos_int, default=128)
-    opt.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    opt.add_argument("--lr", type=pos_float, help="default 0.01 (adam), 0.1 (sgd, per example)")
-    opt.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    opt.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="per-epoch lr")
-    run = parser.add_argument_group("run")
-    if not grid:
-        run.add_argument("--seed", type=_non_negative_int, default=0)
-    run.add_argument("--num-samples", type=pos_int, default=32, help="AutoNormal test draws")
-    _add_device(run)
-    run.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-
-
-def _add_data_robust_flags(parser: argparse.ArgumentParser, grid: bool) -> None:
-    """``--data-robust`` (one name, or a comma list for a grid) and the losses' parameters."""
-    robust = parser.add_argument_group("data-robust training")
-    names = ", ".join(DATA_ROBUST)
-    if grid:
-        robust.add_argument(
-            "--data-robust",
-            type=name_list(DATA_ROBUST),
-            default=["none"],
-            metavar="NAMES",
-            help=f"comma-separated data-robust losses from {names}, a grid dimension; anything "
-            "but none adds the robust-accuracy columns (default none)",
-        )
-    else:
-        robust.add_argument(
-            "--data-robust",
-            choices=DATA_ROBUST,
-            default="none",
-            help="data-robust loss around the ELBO, under --method (default none)",
-        )
-    robust.add_argument(
-        "--eps", type=box_fraction, default=0.1, help="linf radius of at, trades, armor (0.1)"
-    )
-    robust.add_argument("--delta", type=box_fraction, default=0.1, help="W2 budget of wdat (0.1)")
-    robust.add_argument(
-        "--beta", type=_non_negative_float, default=6.0, help="KL weight of trades, wdat (6)"
-    )
-    robust.add_argument(
-        "--budget", type=positive(float), default=0.02, help="KL budget of armor's dual (0.02)"
-    )
+    """The flags of one run, one per field of :class:`ExperimentConfig`, built from its
+    declarations; ``grid`` (compare) leaves out the fields compare spans with its own flags
+    (guide, method, seed) and takes a comma list where a setting spans a grid dimension."""
+    groups: dict[str, Any] = {}
+    for spec in fields(ExperimentConfig):
+        declared = setting_of(spec)
+        if grid and declared.grid == "own":
+            continue
+        if declared.group not in groups:
+            groups[declared.group] = parser.add_argument_group(declared.group)
+        options = declared.argparse_options(spec, grid=grid)
+        groups[declared.group].add_argument(declared.flag_for(spec), **options)
 
 
 def _add_shift_flags(parser: argparse.ArgumentParser) -> None:

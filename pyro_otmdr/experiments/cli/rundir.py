@@ -18,7 +18,7 @@ import math
 import statistics
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,9 @@ from ...workflow.outputs import (
     write_text,
     write_verified,
 )
-from ..config import RUNTIME_KEYS, Experiment, ExperimentConfig, build_experiment, warm_up
+from ..config import DEFAULT_LR, RUNTIME_KEYS, ExperimentConfig
+from ..experiment import Experiment, build_experiment, warm_up
+from ..settings import setting_of
 from .parser import RunError, UsageError
 
 __all__ = [
@@ -61,8 +63,6 @@ __all__ = [
     "write_plot",
     "write_tree",
 ]
-
-DEFAULT_LR = {"adam": 1e-2, "sgd": 0.1}
 
 #: The files of a run directory, as globs: what ``train``, ``evaluate`` and ``attack`` write.
 #: ``train --overwrite`` removes these (and only these) before it starts.
@@ -93,37 +93,22 @@ def resolve_device(device: str | None) -> str:
 
 def config_from_args(args: argparse.Namespace, **grid: Any) -> ExperimentConfig:
     """The resolved :class:`ExperimentConfig` of the run flags, with ``grid`` values on top
-    (``guide``, ``method``, ``seed``, ``data_robust``: the commands' own flags)."""
-    values = dict(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        download=args.download,
-        val_size=args.val_size,
-        model=args.model,
-        hidden=args.hidden,
-        width=args.width,
-        rho=args.rho,
-        rho2=args.rho2,
-        n_particles=args.particles,
-        noise_std=args.noise,
-        num_members=args.members,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr if args.lr is not None else DEFAULT_LR[args.optimizer],
-        momentum=args.momentum,
-        schedule=args.schedule,
-        prior_scale=args.prior_scale,
-        init_scale=args.init_scale,
-        eps=args.eps,
-        delta=args.delta,
-        beta=args.beta,
-        budget=args.budget,
-        num_samples=args.num_samples,
-        device=resolve_device(args.device),
-        num_workers=args.workers,
-    )
+    (``guide``, ``method``, ``seed``, ``data_robust``, ``rho``: the values of a grid's cell).
+
+    Each flag stores under its field's name (the parser builds them from the fields), so the
+    mapping is the fields themselves; a flag left out whose setting computes its value from the
+    others (``--lr``: the optimiser's) gets it here, and ``--device`` defaults to the GPU.
+    """
+    given = vars(args)
+    values = {
+        spec.name: given[spec.name] for spec in fields(ExperimentConfig) if spec.name in given
+    }
     values.update(grid)
+    for spec in fields(ExperimentConfig):
+        omitted = setting_of(spec).omitted
+        if omitted is not None and values.get(spec.name) is None:
+            values[spec.name] = omitted(values)
+    values["device"] = resolve_device(values["device"])
     try:
         return ExperimentConfig(**values).resolved()
     except ValueError as err:

@@ -23,14 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import (
-    Experiment,
-    ExperimentConfig,
-    build_experiment,
-    evaluate_experiment,
-    train_experiment,
-)
+from ..config import ExperimentConfig
+from ..experiment import Experiment, build_experiment
 from ..names import DATA_ROBUST_PARAMS
+from ..runs import evaluate_experiment, train_experiment
 from .parser import UsageError
 from .rundir import (
     clear_run,

@@ -118,7 +118,7 @@ BAD_ARGUMENTS = [
     (["train", "--optimizer", "rmsprop"], ["adam", "sgd"]),
     (["train", "--schedule", "step"], ["cosine", "constant"]),
     (["train", "--dataset", "mnist"], ["digits", "cifar10", "cifar100", "fakedata"]),
-    (["train", "--rho", "-0.1"], ["must be > 0"]),
+    (["train", "--rho", "-0.1"], ["--rho", "must be a number > 0"]),
     (["train", "--epochs", "zero"], ["expected an integer", "zero"]),
     (["train", "--hidden", "128,x"], ["positive ints"]),
     (["train", "--width", "8"], ["width applies to cnn, resnet10 and resnet18"]),

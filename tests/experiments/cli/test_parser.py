@@ -44,10 +44,11 @@ def test_the_package_root_loads_its_names_on_first_use():
 def test_lazy_names_are_listed_and_resolve():
     import pyro_otmdr
     import pyro_otmdr.experiments as experiments
-    from pyro_otmdr.experiments import config
+    from pyro_otmdr.experiments import config, runs
 
     assert set(pyro_otmdr.__all__) == set(pyro_otmdr._HOMES) <= set(dir(pyro_otmdr))
-    assert set(experiments.__all__) == set(config.__all__)
+    assert set(experiments._HOMES) <= set(experiments.__all__) <= set(dir(experiments))
     assert experiments.ExperimentConfig is config.ExperimentConfig
+    assert experiments.train_experiment is runs.train_experiment
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         pyro_otmdr.nothing  # noqa: B018

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import pyro_otmdr.experiments.config as config_module
+import pyro_otmdr.experiments.experiment as experiment_module
 from pyro_otmdr.experiments.cli import main
 from tests.workflow.test_outputs import fill, small_disk
 
@@ -249,13 +249,13 @@ def test_a_read_only_run_directory_fails_at_once(trained, tmp_path, capsys):
 
 @pytest.mark.parametrize("method", ["svi", "otmdr"])
 def test_skip_nonfinite_skips_a_nan_batch_and_counts_it(tmp_path, capsys, monkeypatch, method):
-    batches = config_module.Experiment.train_batches
+    batches = experiment_module.Experiment.train_batches
 
     def one_nan_batch(self, epoch):
         for index, (x, y) in enumerate(batches(self, epoch)):
             yield (torch.full_like(x, torch.nan) if (epoch, index) == (0, 2) else x), y
 
-    monkeypatch.setattr(config_module.Experiment, "train_batches", one_nan_batch)
+    monkeypatch.setattr(experiment_module.Experiment, "train_batches", one_nan_batch)
     flags = ["--guide", "delta", "--method", method, "--epochs", "2"]
     assert _train(tmp_path / "stops", *flags) == 1
     err = capsys.readouterr().err
