@@ -34,7 +34,15 @@ HELPERS = {"_deprecated"}  # modules at the root that layers may use: not re-exp
 DEPRECATION_MARK = "moved(__name__,"
 PYRO_FREE = {
     "model_space." + m
-    for m in ("core", "batching", "perturbation", "running_stats", "savings", "step")
+    for m in (
+        "core",
+        "batching",
+        "perturbation",
+        "running_stats",
+        "savings",
+        "center_gradient",
+        "step",
+    )
 }
 
 

@@ -1,4 +1,5 @@
-"""The pure tensor core of a sharpness-aware step: norms, ascent moves, noise, snapshot, restore.
+"""The pure tensor core of a sharpness-aware step: norms, ascent moves, noise, snapshot, restore,
+and the ``.grad`` buffers the passes leave.
 
 Everything here works on whole lists of tensors at once (``torch._foreach_*``), knows nothing
 about Pyro, and never synchronises with the device: the step size ``radius / ||g||`` stays a
@@ -6,11 +7,19 @@ about Pyro, and never synchronises with the device: the step size ``radius / ||g
 
 Usage::
 
+    import torch
+    from pyro_otmdr.model_space.core import (add_gaussian_noise_, ascend_, restore_, snapshot,
+                                             zero_grads_)
+
+    params = [torch.randn(3, requires_grad=True), torch.randn(2, requires_grad=True)]
+    sum(p.square().sum() for p in params).backward()
+    grads, g = [p.grad for p in params], torch.Generator().manual_seed(0)
     saved = snapshot(params)
     ascend_(params, grads, radius=0.05)          # theta += rho * g / ||g||
     add_gaussian_noise_(params, std=1e-4, generator=g)
-    ...
     restore_(params, saved)                       # bit-exact, from the saved copy
+    assert all(torch.equal(p, s) for p, s in zip(params, saved, strict=True))
+    zero_grads_(params)                           # .grad zeroed in place
 """
 
 from __future__ import annotations
@@ -19,7 +28,16 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["add_gaussian_noise_", "ascend_", "global_norm", "restore_", "snapshot"]
+__all__ = [
+    "add_gaussian_noise_",
+    "ascend_",
+    "global_norm",
+    "grads_of",
+    "restore_",
+    "snapshot",
+    "take_grads_",
+    "zero_grads_",
+]
 
 _EPS = 1e-12
 
@@ -29,7 +47,10 @@ def global_norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
     Usage::
 
-        global_norm([torch.tensor([3.0]), torch.tensor([4.0])])  # tensor(5.)
+        import torch
+        from pyro_otmdr.model_space.core import global_norm
+
+        assert global_norm([torch.tensor([3.0]), torch.tensor([4.0])]) == 5.0   # not 3 + 4
     """
     if not tensors:
         raise ValueError("global_norm needs at least one tensor")
@@ -51,8 +72,12 @@ def ascend_(
 
     Usage::
 
+        import torch
+        from pyro_otmdr.model_space.core import ascend_
+
         p = [torch.zeros(2)]
-        ascend_(p, [torch.tensor([3.0, 4.0])], radius=1.0)  # p[0] == [0.6, 0.8]
+        norm = ascend_(p, [torch.tensor([3.0, 4.0])], radius=1.0)  # returns ||g|| = 5
+        assert torch.allclose(p[0], torch.tensor([0.6, 0.8])) and norm == 5.0
     """
     norm = global_norm(grads)
     step = radius / (norm + _EPS)
@@ -72,8 +97,14 @@ def add_gaussian_noise_(
 
     Usage::
 
-        g = torch.Generator().manual_seed(0)
-        add_gaussian_noise_([torch.zeros(3)], std=0.1, generator=g)
+        import torch
+        from pyro_otmdr.model_space.core import add_gaussian_noise_
+
+        p = [torch.zeros(3)]
+        add_gaussian_noise_(p, std=0.1, generator=torch.Generator().manual_seed(0))
+        q = [torch.zeros(3)]
+        add_gaussian_noise_(q, std=0.1, generator=torch.Generator().manual_seed(0))
+        assert p[0].any() and torch.equal(p[0], q[0])   # the same seed, the same noise
     """
     if std < 0:
         raise ValueError(f"noise std must be >= 0, got {std}")
@@ -98,7 +129,12 @@ def snapshot(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
     Usage::
 
+        import torch
+        from pyro_otmdr.model_space.core import snapshot
+
+        params = [torch.ones(2, requires_grad=True)]
         saved = snapshot(params)
+        assert not saved[0].requires_grad and saved[0] is not params[0]   # a detached copy
     """
     return [p.clone() for p in params]
 
@@ -109,6 +145,71 @@ def restore_(params: Sequence[torch.Tensor], saved: Sequence[torch.Tensor]) -> N
 
     Usage::
 
+        import torch
+        from pyro_otmdr.model_space.core import restore_, snapshot
+
+        params = [torch.ones(2)]
+        saved = snapshot(params)
+        params[0].add_(0.1)                           # a move, e.g. the ascent
         restore_(params, saved)
+        assert torch.equal(params[0], torch.ones(2))  # bit-exact
     """
     torch._foreach_copy_(list(params), list(saved))
+
+
+def grads_of(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The ``.grad`` of each parameter, a zero tensor where a pass left none.
+
+    Usage::
+
+        import torch
+        from pyro_otmdr.model_space.core import grads_of
+
+        p = torch.ones(2, requires_grad=True)
+        (g,) = grads_of([p])  # no pass yet: a zero tensor, which is now p.grad itself
+        assert g is p.grad and not g.any()
+    """
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    return grads
+
+
+def take_grads_(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The ``.grad`` of each parameter (zeros where a pass left none), detached from it: the
+    parameters' ``.grad`` become ``None``, so the next pass writes fresh ones (no copy).
+
+    Usage::
+
+        import torch
+        from pyro_otmdr.model_space.core import take_grads_
+
+        p = torch.ones(2, requires_grad=True)
+        (2 * p).sum().backward()
+        (kept,) = take_grads_([p])
+        assert p.grad is None and torch.equal(kept, torch.full((2,), 2.0))
+    """
+    grads = grads_of(params)
+    for p in params:
+        p.grad = None
+    return grads
+
+
+def zero_grads_(params: Sequence[torch.Tensor]) -> None:
+    """Zero the existing ``.grad`` of ``params`` in place (a missing one stays ``None``).
+
+    Usage::
+
+        import torch
+        from pyro_otmdr.model_space.core import zero_grads_
+
+        p, q = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
+        (2 * p).sum().backward()
+        zero_grads_([p, q])
+        assert not p.grad.any() and q.grad is None
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        torch._foreach_zero_(grads)

@@ -4,42 +4,64 @@
 evaluates the loss on a batch and backpropagates. It knows nothing about Pyro: the SVI wrapper
 (:class:`pyro_otmdr.OTMDR`) and the torch-optimiser route both drive it.
 
-For each particle k: each ascent batch (two random halves for OT-MDR, the whole batch for SAM)
-is evaluated at the current point and the perturbed parameters move by
-``radius * g / ||g||`` plus optional Gaussian noise; then the whole batch is evaluated and its
-gradient kept; then the parameters are restored from the saved copy. ``.grad`` ends holding the
-mean of the particle gradients for the perturbed parameters, and the whole batch's gradient at
-the unperturbed point for the others. That last gradient comes, in order of preference, from
-SAM's own ascent pass on the whole batch; from the first particle's two halves at the
-unperturbed point when the front end says the loss is a per-example mean (Pyro's plate idiom:
-the first half is already there, the second half costs half a pass); else from one more pass on
-the whole batch. In every other pass (those at a perturbed point, and a later particle's first)
-that gradient would be thrown away, so those parameters are constants there (``requires_grad``
-off for the pass).
+The algorithm, for the perturbed parameters ``theta`` and a batch ``B``: for each particle
+``k = 1..K``, with ``B_1, B_2`` two random halves of ``B`` drawn afresh (SAM: one move on
+``B_1 = B``, ``K = 1``, no noise)::
+
+    theta_k^0 = theta
+    theta_k^i = theta_k^(i-1) + rho_i * g_i / ||g_i|| + sigma * eps_i,   i = 1, 2   (ascent)
+                with g_i = grad L_{B_i}(theta_k^(i-1)) and eps_i ~ N(0, I)
+    G_k       = grad L_B(theta_k^2)                                              (descent)
+
+and ``.grad`` ends holding ``(1/K) sum_k G_k``; the parameters are restored from a saved copy
+after each particle, bit for bit. The parameters that are not perturbed (``phi``: an
+AutoNormal's scales) take the whole batch's gradient at the unperturbed point,
+``grad_phi L_B(theta, phi)``. Where it comes from (SAM's own ascent pass; the first particle's
+two halves when the loss is a per-example mean; else one more pass on the whole batch), and
+why ``phi`` are constants in every other pass, is :mod:`.center_gradient`'s business: the step
+calls its :class:`~.center_gradient.CenterGradient` at four named points.
 
 Losses stay as the passes return them (tensors on their device) until the step ends; they are
 checked for NaN and infinity there, with one device synchronisation per step.
 
 Usage::
 
-    step = SharpnessAwareStep(radii=(0.05, 0.1), n_particles=2, noise_std=0.0, seed=0)
+    import torch
+    from pyro_otmdr.model_space.step import ParamGroups, SharpnessAwareStep
+
+    net = torch.nn.Linear(4, 1)
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+
+    def evaluate(batch, label):  # one pass: the loss, backpropagated into .grad
+        (xb, yb), _ = batch
+        loss = torch.nn.functional.mse_loss(net(xb), yb)
+        loss.backward()
+        return loss
+
+    def halves(batch):  # OT-MDR's two ascent batches
+        (xb, yb), kwargs = batch
+        return [((xb[:4], yb[:4]), kwargs), ((xb[4:], yb[4:]), kwargs)]
+
+    step = SharpnessAwareStep.otmdr(rho=0.05, n_particles=2, seed=0)
     params = ParamGroups(perturbed=list(net.parameters()))
-    info = step.run(evaluate, (args, kwargs), split_into_halves, params)
+    info = step.run(evaluate, ((x, y), {}), halves, params)
+    assert len(info.losses) == 2 and net.weight.grad.shape == (1, 4)
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .batching import Batch, batch_size_of
-from .core import add_gaussian_noise_, ascend_, restore_, snapshot
+from .batching import Batch
+from .center_gradient import CenterGradient
+from .core import add_gaussian_noise_, ascend_, grads_of, restore_, snapshot, zero_grads_
 from .running_stats import RunningStatsGuard
 from .savings import StepSavings
 
@@ -63,7 +85,8 @@ AscentContext = Callable[[], AbstractContextManager]
 MeanOverExamples = Callable[[], bool]
 """``mean_over_examples()``: asked after the first pass, whether each pass's loss is
 ``G(theta) + c / |b| * sum_{i in b} l_i(theta)`` (the plate idiom) and the ascent batches are
-the two halves of the whole batch, so that its gradient is their size-weighted mean."""
+the two halves of the whole batch, so that its gradient is their size-weighted mean
+(:mod:`.center_gradient`)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -106,12 +129,10 @@ class _State:
     evaluate: Evaluate
     batch: Batch
     params: ParamGroups
+    center: CenterGradient
     ascent_context: AscentContext | None = None
     saved: list[torch.Tensor] | None = None
     accumulated: list[torch.Tensor] | None = None
-    center_grads: list[torch.Tensor] | None = None
-    halves: Sequence[Batch] = ()
-    first_half_grads: list[torch.Tensor] | None = None
     ascent_norms: list[torch.Tensor] = field(default_factory=list)
     passes: list[tuple[str, torch.Tensor | float]] = field(default_factory=list)
 
@@ -179,6 +200,8 @@ class SharpnessAwareStep:
         """SAM's single move of radius ``rho``: one particle, no noise."""
         return cls((rho,), n_particles=1, noise_std=0.0, seed=0, savings=savings)
 
+    # -- the algorithm (the module docstring's): the particles, their moves, their mean ------------
+
     def run(
         self,
         evaluate: Evaluate,
@@ -202,19 +225,21 @@ class SharpnessAwareStep:
         parameters that are not perturbed take the whole batch's gradient at the unperturbed
         point from the first particle's two halves (half a pass instead of a whole one).
         """
-        state = _State(evaluate, batch, params, ascent_context)
-        if not self.savings.center_from_halves:
-            mean_over_examples = None
+        center = CenterGradient(
+            params,
+            batch,
+            savings=self.savings,
+            rank_local=ascent_context is not None,
+            mean_over_examples=mean_over_examples,
+        )
+        state = _State(evaluate, batch, params, center, ascent_context)
         try:
             with RunningStatsGuard() as running_stats:
                 last = [
                     self._particle(state, k, ascent_batches, running_stats)
                     for k in range(self.n_particles)
                 ]
-                if params.fixed:
-                    self._gradient_at_center(
-                        state, self._halves_suffice(state, running_stats, mean_over_examples)
-                    )
+                center.finish(functools.partial(self._pass, state), running_stats.saw_batch_stats)
             values = finite_losses(state.passes)
         except BaseException as error:
             zero_grads_(params.all)
@@ -234,65 +259,28 @@ class SharpnessAwareStep:
         running_stats: RunningStatsGuard,
     ) -> int:
         """Move particle ``k``, add its gradient, restore; return the index of its last pass."""
-        halves = ascent_batches(state.batch)
+        center, halves = state.center, ascent_batches(state.batch)
         if len(halves) != len(self.radii):
             raise ValueError(f"expected {len(self.radii)} ascent batches, got {len(halves)}")
         previous = None
         for i, (half, radius) in enumerate(zip(halves, self.radii, strict=True)):
-            keeps_center = k == 0 and i == 0  # the one ascent pass whose fixed grads are kept
-            with (
-                state.ascent_context() if state.ascent_context else nullcontext(),
-                nullcontext() if keeps_center else self._fixed_as_constants(state),
-            ):
+            first = k == 0 and i == 0  # at the centre: the one pass whose fixed grads are kept
+            with self._ascent_context(state), center.frozen(unless=first):
                 self._pass(state, half, f"particle {k + 1}, ascent step {i + 1}")
-            if state.params.fixed and keeps_center:
-                self._keep_center_grads(state, halves)
+            if first:
+                center.after_first_ascent(halves)
             norm, previous = self._ascend(state.params, radius, previous)
             state.ascent_norms.append(norm)
         if k == 0:
             running_stats.begin_counted()  # the step's first full-batch pass moves the statistics
-        with self._fixed_as_constants(state):
+        with center.frozen():
             self._pass(state, state.batch, f"particle {k + 1}, full-batch gradient")
         if k == 0:
             running_stats.end_counted()
         restore_(state.params.perturbed, state.saved)
-        zero_grads_(state.params.fixed)
+        center.after_descent()
         self._accumulate(state, k)
         return len(state.passes) - 1
-
-    def _fixed_as_constants(self, state: _State) -> AbstractContextManager:
-        """:func:`fixed_as_constants` when the step uses that saving."""
-        return fixed_as_constants(state) if self.savings.frozen_constants else nullcontext()
-
-    def _keep_center_grads(self, state: _State, halves: Sequence[Batch]) -> None:
-        """Set aside the unperturbed gradient of the parameters that are not perturbed.
-
-        SAM's ascent batch is the whole batch: that is the gradient needed. OT-MDR's is the
-        first half: kept for :meth:`_gradient_at_center` to combine with the second half's.
-        """
-        if halves[0] is state.batch:
-            state.center_grads = take_grads_(state.params.fixed)
-        elif len(halves) == 2 and state.ascent_context is None:  # not a rank-local gradient
-            state.halves = halves
-            state.first_half_grads = take_grads_(state.params.fixed)
-
-    @staticmethod
-    def _halves_suffice(
-        state: _State, running_stats: RunningStatsGuard, mean_over_examples: MeanOverExamples | None
-    ) -> bool:
-        """Whether the first particle's halves give the whole batch's gradient at the center."""
-        if state.first_half_grads is None or mean_over_examples is None:
-            return False
-        return not running_stats.saw_batch_stats and mean_over_examples()
-
-    def _pass(self, state: _State, batch: Batch, label: str) -> torch.Tensor | float:
-        loss = state.evaluate(batch, label)
-        state.passes.append((label, loss))
-        if state.saved is None:
-            if not state.params.perturbed:
-                raise ValueError("found no parameter to perturb: check which are perturbed")
-            state.saved = snapshot(state.params.perturbed)
-        return loss
 
     def _ascend(
         self, params: ParamGroups, radius: float, previous: list[torch.Tensor] | None
@@ -319,31 +307,21 @@ class SharpnessAwareStep:
             torch._foreach_add_(grads, state.accumulated)
             torch._foreach_div_(grads, float(self.n_particles))
 
-    def _gradient_at_center(self, state: _State, from_halves: bool) -> None:
-        """The whole batch's gradient at the unperturbed parameters, for those not perturbed.
+    # -- the passes and the generators -------------------------------------------------------------
 
-        SAM kept it from its ascent pass. Otherwise, when the loss is a per-example mean and
-        the first particle's halves partition the batch, it is ``(|B1| g_B1 + |B2| g_B2) / |B|``
-        with both halves at the unperturbed point: only the second half is evaluated. Else the
-        whole batch is.
-        """
-        fixed = state.params.fixed
-        if state.center_grads is not None:
-            for p, g in zip(fixed, state.center_grads, strict=True):
-                p.grad = g
-            return
-        sizes = _half_sizes(state) if from_halves else None
-        descent = take_grads_(state.params.perturbed)
-        if sizes is None:
-            self._pass(state, state.batch, "full-batch gradient at the unperturbed parameters")
-        else:
-            self._pass(state, state.halves[1], "second half's gradient at the unperturbed point")
-            first_weight, second_weight = sizes[0] / sum(sizes), sizes[1] / sum(sizes)
-            second = grads_of(fixed)
-            torch._foreach_mul_(second, second_weight)
-            torch._foreach_add_(second, state.first_half_grads, alpha=first_weight)
-        for p, g in zip(state.params.perturbed, descent, strict=True):
-            p.grad = g
+    def _pass(self, state: _State, batch: Batch, label: str) -> torch.Tensor | float:
+        """One evaluation, its loss kept for the end of the step; the first one snapshots."""
+        loss = state.evaluate(batch, label)
+        state.passes.append((label, loss))
+        if state.saved is None:
+            if not state.params.perturbed:
+                raise ValueError("found no parameter to perturb: check which are perturbed")
+            state.saved = snapshot(state.params.perturbed)
+        return loss
+
+    @staticmethod
+    def _ascent_context(state: _State) -> AbstractContextManager:
+        return state.ascent_context() if state.ascent_context else nullcontext()
 
     def _generator_for(self, like: torch.Tensor) -> torch.Generator:
         if like.device.type == "cpu":
@@ -374,25 +352,6 @@ class SharpnessAwareStep:
             self._device_generators[torch.device(device)] = gen
 
 
-def grads_of(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The ``.grad`` of each parameter, a zero tensor where a pass left none."""
-    grads = []
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        grads.append(p.grad)
-    return grads
-
-
-def take_grads_(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The ``.grad`` of each parameter (zeros where a pass left none), detached from it: the
-    parameters' ``.grad`` become ``None``, so the next pass writes fresh ones (no copy)."""
-    grads = grads_of(params)
-    for p in params:
-        p.grad = None
-    return grads
-
-
 def finite_losses(
     passes: Sequence[tuple[str, torch.Tensor | float]], cause: BaseException | None = None
 ) -> list[float]:
@@ -419,46 +378,6 @@ def _as_floats(losses: Sequence[torch.Tensor | float]) -> list[float]:
         device = tensors[0].device
         stacked = iter(torch.stack([t.to(device, dtype) for t in tensors]).tolist())
     return [next(stacked) if isinstance(loss, torch.Tensor) else float(loss) for loss in losses]
-
-
-@contextmanager
-def fixed_as_constants(state: _State) -> Iterator[None]:
-    """Within a pass whose gradient for the parameters that are not perturbed is thrown away
-    (at a perturbed point, or a later particle's first), those parameters do not require grad:
-    the backward pass skips them and the graph through them (a scale's softplus, say). The
-    perturbed parameters' gradient is unchanged. Not under an ``ascent_context`` (DDP expects
-    every parameter's grad).
-    """
-    if state.ascent_context is not None:
-        yield
-        return
-    frozen = [p for p in state.params.fixed if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-
-
-def _half_sizes(state: _State) -> tuple[int, int] | None:
-    """The sizes of the first particle's halves, if they were kept and partition the batch."""
-    if state.first_half_grads is None:
-        return None
-    try:
-        first, second = (batch_size_of(*half) for half in state.halves)
-        whole = batch_size_of(*state.batch)
-    except ValueError:  # a batch without tensor arguments
-        return None
-    return (first, second) if first + second == whole else None
-
-
-def zero_grads_(params: Sequence[torch.Tensor]) -> None:
-    """Zero the existing ``.grad`` of ``params`` in place."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if grads:
-        torch._foreach_zero_(grads)
 
 
 def check_positive(name: str, value: float) -> None:
