@@ -2,11 +2,21 @@
 
 Usage::
 
+    import pyro
+    import torch
     from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoNormal
     from pyro_otmdr import OTMDR, SAM
+    from pyro_otmdr.bayes import bayesian
 
+    model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+    guide = AutoNormal(model)
+    x, y = torch.randn(8, 4), torch.randint(3, (8,))
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}),
               loss=OTMDR(Trace_ELBO(), rho=0.05, n_particles=2))
+    loss = svi.step(x, y)                      # one OT-MDR step: the robust loss, a float
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=SAM(Trace_ELBO(), rho=0.05))
+    loss = svi.step(x, y)                      # one SAM step
 
 The package is layered; each subpackage imports only those listed before it:
 :mod:`.bayes` (the Pyro layer), :mod:`.model_space` (OT-MDR and SAM), :mod:`.data_space`

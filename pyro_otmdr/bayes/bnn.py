@@ -112,8 +112,14 @@ class BayesianClassifier(PyroModule):
 
     Usage::
 
-        model = bayesian(net, num_data=len(train_x))
-        logits = model(x_batch, y_batch)   # samples weights from the prior, observes y
+        import torch
+        from pyro_otmdr.bayes import bayesian
+
+        model = bayesian(torch.nn.Linear(4, 3), num_data=100)
+        x, y = torch.randn(8, 4), torch.randint(3, (8,))
+        logits = model(x, y)   # samples weights from the prior, observes y
+        assert logits.shape == (8, 3)
+        assert model.random_sites == ["net.weight", "net.bias"]
     """
 
     def __init__(
@@ -217,17 +223,20 @@ def bayesian(
     Usage::
 
         import pyro
+        import torch
         from pyro.infer import SVI, Trace_ELBO
         from pyro.infer.autoguide import AutoNormal
         from pyro_otmdr.bayes import bayesian
         from pyro_otmdr.workflow.models import build_model
 
+        x_train, y_train = torch.randn(32, 64), torch.randint(10, (32,))
         pyro.clear_param_store()
-        model = bayesian(build_model("mlp", 10, in_features=64), num_data=len(x_train))
+        net = build_model("mlp", 10, in_features=64, hidden=(16,))
+        model = bayesian(net, num_data=len(x_train))
         guide = AutoNormal(model)
         svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
-        for xb, yb in batches:
-            svi.step(xb, yb)
+        for xb, yb in zip(x_train.split(8), y_train.split(8), strict=True):
+            loss = svi.step(xb, yb)   # the minibatch's negative ELBO, a float
     """
     filter = weights_not_norms if filter is None else filter
     _check_arguments(net, num_data, prior_scale, filter)

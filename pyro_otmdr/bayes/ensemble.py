@@ -13,9 +13,19 @@ with its own particles, splits, noise and gradient norm.
 
 Usage::
 
-    guide = AutoDeltaEnsemble(model, num_members=5)
+    import pyro
+    import torch
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro_otmdr import OTMDR, AutoDeltaEnsemble, EnsembleELBO
+    from pyro_otmdr.bayes import bayesian
+
+    model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+    x, y = torch.randn(8, 4), torch.randint(3, (8,))
+    guide = AutoDeltaEnsemble(model, num_members=3)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=EnsembleELBO(Trace_ELBO()))
+    svi.step(x, y)                     # a deep ensemble: every member trained
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=OTMDR(Trace_ELBO(), rho=0.05))
+    svi.step(x, y)                     # OT-MDR: every member's own sharpness-aware step
 """
 
 from __future__ import annotations
@@ -48,10 +58,17 @@ class AutoDeltaEnsemble(PyroModule):
 
     Usage::
 
+        import torch
+        from pyro_otmdr import AutoDeltaEnsemble
+        from pyro_otmdr.bayes import bayesian
+
+        model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+        x, y = torch.randn(8, 4), torch.randint(3, (8,))
         guide = AutoDeltaEnsemble(model, num_members=4)
         with guide.member(2):
-            latents = guide(x)               # member 2's point estimate
-        guide.member_values(0, x)            # dict of member 0's latent values
+            latents = guide(x, y)               # member 2's point estimate
+        values = guide.member_values(2, x, y)   # the same, detached: {site: tensor}
+        assert torch.equal(values["net.weight"], latents["net.weight"])
     """
 
     def __init__(
@@ -110,7 +127,16 @@ class EnsembleELBO(WrapperELBO):
 
     Usage::
 
+        import pyro
+        import torch
+        from pyro.infer import SVI, Trace_ELBO
+        from pyro_otmdr import AutoDeltaEnsemble, EnsembleELBO
+        from pyro_otmdr.bayes import bayesian
+
+        model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+        optim = pyro.optim.Adam({"lr": 1e-3})
         svi = SVI(model, AutoDeltaEnsemble(model, 5), optim, loss=EnsembleELBO(Trace_ELBO()))
+        loss = svi.step(torch.randn(8, 4), torch.randint(3, (8,)))  # the sum over the 5 members
     """
 
     accepts_jit = True

@@ -7,8 +7,17 @@ tooling ask :func:`is_ensemble`.
 
 Usage::
 
+    import torch
+    from pyro.infer import Trace_ELBO
+    from pyro_otmdr import AutoDeltaEnsemble
+    from pyro_otmdr.bayes import bayesian
+    from pyro_otmdr.bayes.members import is_ensemble, over_members
+
+    model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+    guide, elbo = AutoDeltaEnsemble(model, num_members=3), Trace_ELBO()
+    x, y = torch.randn(8, 4), torch.randint(3, (8,))
     if is_ensemble(guide):
-        total = over_members(guide, lambda: elbo.loss(model, guide, x, y))
+        total = over_members(guide, lambda: elbo.loss(model, guide, x, y))  # sum of 3 losses
 """
 
 from __future__ import annotations
@@ -32,7 +41,17 @@ def over_members(guide: Any, run: Callable[[], Any]) -> Any:
 
     Usage::
 
-        total = over_members(guide, lambda: elbo.loss(model, guide, x, y))
+        import torch
+        from pyro.infer import Trace_ELBO
+        from pyro.infer.autoguide import AutoNormal
+        from pyro_otmdr.bayes import bayesian
+        from pyro_otmdr.bayes.members import over_members
+
+        model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+        guide, elbo = AutoNormal(model), Trace_ELBO()
+        x, y = torch.randn(8, 4), torch.randint(3, (8,))
+        total = over_members(guide, lambda: elbo.loss(model, guide, x, y))  # one guide: one run
+        assert isinstance(total, float)
     """
     if not is_ensemble(guide):
         return run()

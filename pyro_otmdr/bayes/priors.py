@@ -12,8 +12,14 @@ registered, with the ``Independent`` rule as the fallback for any other guide.
 
 Usage::
 
+    import torch
+    from pyro.distributions import Normal
+    from pyro_otmdr.bayes.priors import IsotropicNormal
+
     prior = IsotropicNormal(torch.tensor(0.5), event_shape=(512, 64))
-    prior.log_prob(w)   # == Normal(0., 0.5).expand((512, 64)).to_event(2).log_prob(w)
+    w = torch.randn(512, 64)
+    expanded = Normal(0.0, 0.5).expand((512, 64)).to_event(2)
+    assert torch.allclose(prior.log_prob(w), expanded.log_prob(w))
 """
 
 from __future__ import annotations
@@ -43,9 +49,13 @@ class IsotropicNormal(dist.Independent):
 
     Usage::
 
+        import torch
+        from pyro_otmdr.bayes.priors import IsotropicNormal
+
         prior = IsotropicNormal(torch.tensor(1.0), event_shape=(10, 3))
-        w = prior.rsample()            # shape (10, 3)
-        prior.log_prob(w)              # a 0-d tensor
+        w = prior.rsample()
+        assert w.shape == (10, 3)
+        assert prior.log_prob(w).shape == ()   # a 0-d tensor
     """
 
     def __init__(

@@ -12,9 +12,19 @@ normalised log-probabilities. Evaluation and the attacks share these helpers.
 
 Usage::
 
-    kind, num_draws = draw_kind(guide, num_samples=32)
+    import torch
+    from pyro.infer.autoguide import AutoNormal
+    from pyro_otmdr.bayes import bayesian
+    from pyro_otmdr.bayes.replay import draw_kind, latent_values, site_log_probs
+
+    model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+    guide = AutoNormal(model)
+    x, y = torch.randn(8, 4), torch.randint(3, (8,))
+    guide(x, y)                                            # set the autoguide up
+    kind, num_draws = draw_kind(guide, num_samples=32)     # ("sample", 32)
     latents = latent_values(guide, kind, 0, x)
-    log_probs = site_log_probs(model, latents, x, "obs")   # (len(x), C)
+    log_probs = site_log_probs(model, latents, x, "obs")
+    assert log_probs.shape == (8, 3)                       # (len(x), C)
 """
 
 from __future__ import annotations

@@ -17,10 +17,20 @@
 
 Usage::
 
+    import pyro
+    import torch
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoDelta
+    from pyro_otmdr.bayes import WrapperELBO, bayesian
+
     class Doubled(WrapperELBO):
         def loss_and_grads(self, model, guide, *args, **kwargs):
             return self.per_member(guide, lambda: 2 * self.elbo.loss_and_grads(
                 model, guide, *args, **kwargs))
+
+    model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+    svi = SVI(model, AutoDelta(model), pyro.optim.Adam({"lr": 1e-3}), loss=Doubled(Trace_ELBO()))
+    loss = svi.step(torch.randn(8, 4), torch.randint(3, (8,)))
 """
 
 from __future__ import annotations

@@ -19,9 +19,17 @@ This layer imports :mod:`pyro_otmdr.bayes` and :mod:`pyro_otmdr.model_space` fro
 
 Usage::
 
+    import torch
+    from pyro.infer.autoguide import AutoDelta
+    from pyro_otmdr.bayes import bayesian
     from pyro_otmdr.data_space import posterior_predictive, w_pgd
 
-    result = w_pgd(posterior_predictive(model, guide), x, y, delta=0.05)
+    model = bayesian(torch.nn.Linear(4, 3), num_data=16)
+    guide = AutoDelta(model)
+    x, y = torch.rand(16, 4), torch.randint(3, (16,))
+    guide(x, y)                                         # set the autoguide up (or train it)
+    result = w_pgd(posterior_predictive(model, guide), x, y, delta=0.05, steps=5)
+    assert result.distance <= 0.05 + 1e-6              # within the W2 budget
 """
 
 from .armor import ArmorDual, armor_kl

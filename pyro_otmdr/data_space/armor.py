@@ -16,9 +16,14 @@ This module is the functional core of :class:`~.objectives.ArmorLoss` and the Py
 
 Usage::
 
+    import torch
+    from pyro_otmdr.data_space import armor_kl
+
+    per_example_losses = torch.tensor([0.1, 2.0, 0.3], requires_grad=True)
     result = armor_kl(per_example_losses, budget=0.02, kappa=0.1)
     result.loss.backward()        # the examples weighted by result.weights
-    result.lam, result.converged
+    assert torch.allclose(per_example_losses.grad, result.weights)
+    assert result.converged and result.lam >= 0
 """
 
 from __future__ import annotations
@@ -119,8 +124,12 @@ def armor_kl(
 
     Usage::
 
+        import torch
+        from pyro_otmdr.data_space import armor_kl
+
         result = armor_kl(torch.tensor([0.1, 2.0, 0.3]), budget=0.05)
-        result.loss >= torch.tensor([0.1, 2.0, 0.3]).mean()    # True
+        assert result.loss >= torch.tensor([0.1, 2.0, 0.3]).mean()   # worse than the mean
+        assert result.weights.argmax() == 1                          # the hard example weighs most
     """
     _check(losses, budget, kappa, costs, lambda_max)
     costs = torch.zeros_like(losses) if costs is None else costs.to(losses)

@@ -15,9 +15,17 @@ attack itself:
 
 Usage::
 
-    p, s = check_attack_args(x, y, budget=0.1, p=2, cost="linf", loss="redlr", box=(0, 1))
+    import torch
+    from pyro_otmdr.data_space.common import attack_mode, check_attack_args, loss_pass
+    from pyro_otmdr.data_space.losses import ce
+
+    predict = torch.nn.Linear(4, 3)
+    x, y = torch.rand(8, 4), torch.randint(3, (8,))
+    p, s = check_attack_args(x, y, budget=("delta", 0.1), p=2, cost="linf", loss="redlr",
+                             box=(0, 1))                      # (2.0, 1.0)
     with attack_mode(predict):
         grads, correct, losses = loss_pass(predict, x, y, ce, batch_size=256, need_grad=True)
+    assert grads.shape == x.shape and correct.shape == losses.shape == (8,)
 """
 
 from __future__ import annotations
@@ -149,7 +157,16 @@ def check_box(x: torch.Tensor, box: tuple[float, float]) -> None:
 
     Usage::
 
-        check_box(x, (0.0, 1.0))
+        import torch
+        from pyro_otmdr.data_space.common import check_box
+
+        check_box(torch.rand(8, 4), (0.0, 1.0))           # inside: returns None
+        try:
+            check_box(torch.full((8, 4), 2.0), (0.0, 1.0))
+        except ValueError as err:
+            assert "outside the box" in str(err)          # x lies outside the box [0.0, 1.0] ...
+        else:
+            raise AssertionError("not refused")
     """
     if x.numel() == 0:
         return
@@ -187,7 +204,13 @@ def w_distance(x: torch.Tensor, x_adv: torch.Tensor, *, p: Any = 2, cost: str = 
 
     Usage::
 
-        w_distance(x, result.x_adv, p=2, cost="linf") <= delta
+        import torch
+        from pyro_otmdr.data_space import w_distance, w_pgd
+
+        net, delta = torch.nn.Linear(4, 3), 0.05
+        x, y = torch.rand(16, 4), torch.randint(3, (16,))
+        result = w_pgd(net, x, y, delta=delta, steps=5)
+        assert w_distance(x, result.x_adv, p=2, cost="linf") <= delta + 1e-6
     """
     order, r = _order(p), (math.inf if dual_exponent(cost) == 1.0 else 2.0)
     norms = point_norms((x_adv - x.to(x_adv.device)).double(), r)

@@ -34,11 +34,20 @@ skip the batch. Under OT-MDR/SAM the step checks and restores (the attack in
 
 Usage::
 
+    import pyro
+    import torch
     from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoDelta
     from pyro_otmdr import ARMOR, OTMDR, TRADES
+    from pyro_otmdr.bayes import bayesian
 
+    model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+    guide, optim = AutoDelta(model), pyro.optim.Adam({"lr": 1e-3})
+    x, y = torch.rand(8, 4), torch.randint(3, (8,))      # inputs in the [0, 1] box
     svi = SVI(model, guide, optim, loss=TRADES(Trace_ELBO(), eps=0.1, beta=6.0))
+    svi.step(x, y)
     svi = SVI(model, guide, optim, loss=OTMDR(ARMOR(Trace_ELBO(), eps=0.1), rho=0.05))
+    svi.step(x, y)                                       # one attack, then OT-MDR's passes
 """
 
 from __future__ import annotations
@@ -430,7 +439,18 @@ class AdversarialTraining(DataRobustELBO):
 
     Usage::
 
+        import pyro
+        import torch
+        from pyro.infer import SVI, Trace_ELBO
+        from pyro.infer.autoguide import AutoDelta
+        from pyro_otmdr import AdversarialTraining
+        from pyro_otmdr.bayes import bayesian
+
+        model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+        guide, optim = AutoDelta(model), pyro.optim.Adam({"lr": 1e-3})
+        x, y = torch.rand(8, 4), torch.randint(3, (8,))  # inputs in the [0, 1] box
         svi = SVI(model, guide, optim, loss=AdversarialTraining(Trace_ELBO(), eps=0.1))
+        loss = svi.step(x, y)
     """
 
     def __init__(self, elbo: ELBO, **options: Any) -> None:
@@ -446,7 +466,18 @@ class TRADES(DataRobustELBO):
 
     Usage::
 
+        import pyro
+        import torch
+        from pyro.infer import SVI, Trace_ELBO
+        from pyro.infer.autoguide import AutoDelta
+        from pyro_otmdr import TRADES
+        from pyro_otmdr.bayes import bayesian
+
+        model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+        guide, optim = AutoDelta(model), pyro.optim.Adam({"lr": 1e-3})
+        x, y = torch.rand(8, 4), torch.randint(3, (8,))  # inputs in the [0, 1] box
         svi = SVI(model, guide, optim, loss=TRADES(Trace_ELBO(), eps=0.1, beta=6.0))
+        loss = svi.step(x, y)
     """
 
     def __init__(self, elbo: ELBO, **options: Any) -> None:
@@ -463,7 +494,18 @@ class WDAT(DataRobustELBO):
 
     Usage::
 
+        import pyro
+        import torch
+        from pyro.infer import SVI, Trace_ELBO
+        from pyro.infer.autoguide import AutoDelta
+        from pyro_otmdr import WDAT
+        from pyro_otmdr.bayes import bayesian
+
+        model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+        guide, optim = AutoDelta(model), pyro.optim.Adam({"lr": 1e-3})
+        x, y = torch.rand(8, 4), torch.randint(3, (8,))  # inputs in the [0, 1] box
         svi = SVI(model, guide, optim, loss=WDAT(Trace_ELBO(), delta=0.1, beta=6.0))
+        loss = svi.step(x, y)
     """
 
     def __init__(self, elbo: ELBO, **options: Any) -> None:
@@ -481,8 +523,20 @@ class ARMOR(DataRobustELBO):
 
     Usage::
 
-        svi = SVI(model, guide, optim, loss=ARMOR(Trace_ELBO(), eps=0.1, budget=0.02))
-        svi.loss.objective.last_dual.lam
+        import pyro
+        import torch
+        from pyro.infer import SVI, Trace_ELBO
+        from pyro.infer.autoguide import AutoDelta
+        from pyro_otmdr import ARMOR
+        from pyro_otmdr.bayes import bayesian
+
+        model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+        guide, optim = AutoDelta(model), pyro.optim.Adam({"lr": 1e-3})
+        x, y = torch.rand(8, 4), torch.randint(3, (8,))  # inputs in the [0, 1] box
+        armor = ARMOR(Trace_ELBO(), eps=0.1, budget=0.02)
+        svi = SVI(model, guide, optim, loss=armor)
+        loss = svi.step(x, y)
+        assert armor.objective.last_dual.lam >= 0     # the dual's multiplier of this step
     """
 
     def __init__(self, elbo: ELBO, **options: Any) -> None:

@@ -18,7 +18,15 @@ Random starts use torch's global generator, so ``pyro.set_rng_seed`` makes them 
 
 Usage::
 
+    import torch
+    from pyro_otmdr.data_space.inner import ball_ascent
+    from pyro_otmdr.data_space.losses import ce
+
+    net = torch.nn.Linear(4, 3)
+    x, y = torch.rand(8, 4), torch.randint(3, (8,))
     x_adv = ball_ascent(lambda z: ce(net(z), y), x, eps=0.1, steps=10, step_size=0.025)
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6          # every example in its own ball
+    assert ce(net(x_adv), y).mean() >= ce(net(x), y).mean()
 """
 
 from __future__ import annotations

@@ -7,7 +7,12 @@ gradient, on every misclassified example, so a distributional attack spends no b
 
 Usage::
 
-    loss = get_loss("redlr")(logits, y)      # (B,)
+    import torch
+    from pyro_otmdr.data_space.losses import get_loss
+
+    logits, y = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]]), torch.tensor([0, 0])
+    loss = get_loss("redlr")(logits, y)      # one loss per example, (B,)
+    assert loss.tolist() == [-0.5, 0.0]      # zero on the misclassified second example
 """
 
 from __future__ import annotations

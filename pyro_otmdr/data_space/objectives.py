@@ -77,7 +77,14 @@ def kl_to_clean(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.T
 
     Usage::
 
-        kl_to_clean(net(x), net(x_adv)).mean()
+        import torch
+        from pyro_otmdr.data_space import kl_to_clean
+
+        net, x = torch.nn.Linear(4, 3), torch.rand(8, 4)
+        x_adv = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+        kl = kl_to_clean(net(x), net(x_adv))       # (8,), TRADES' term per example
+        assert kl.shape == (8,) and (kl >= -1e-6).all()
+        assert kl_to_clean(net(x), net(x)).abs().max() < 1e-6
     """
     clean = F.log_softmax(clean_logits, dim=-1)
     return (clean.exp() * (clean - F.log_softmax(adv_logits, dim=-1))).sum(-1)
@@ -176,8 +183,14 @@ class RobustObjective:
 
         Usage::
 
-            with objective.inputs_checked(x):
+            import torch
+            from pyro_otmdr.data_space import TradesLoss
+
+            objective, predict = TradesLoss(eps=0.1, steps=2), torch.nn.Linear(4, 3)
+            x, y = torch.rand(8, 4), torch.randint(3, (8,))
+            with objective.inputs_checked(x):      # checked once, here
                 x_adv = objective.adversarial(predict, x, y)
+            assert x_adv.shape == x.shape
         """
         self._check_values(x)
         previous, self._vetted = self._vetted, x
@@ -237,7 +250,13 @@ class AdversarialLoss(RobustObjective):
 
     Other parameters as :class:`RobustObjective`. Usage::
 
-        loss = AdversarialLoss(eps=0.1)(net, x, y)
+        import torch
+        from pyro_otmdr.data_space import AdversarialLoss
+
+        net = torch.nn.Linear(4, 3)
+        x, y = torch.rand(8, 4), torch.randint(3, (8,))
+        loss = AdversarialLoss(eps=0.1, steps=3)(net, x, y)
+        loss.backward()                            # a scalar, ready for an optimiser step
     """
 
     def __init__(self, *, mix: float = 0.0, **ball) -> None:
@@ -264,7 +283,13 @@ class TradesLoss(RobustObjective):
 
     Other parameters as :class:`RobustObjective`. Usage::
 
-        loss = TradesLoss(eps=0.1, beta=6.0)(net, x, y)
+        import torch
+        from pyro_otmdr.data_space import TradesLoss
+
+        net = torch.nn.Linear(4, 3)
+        x, y = torch.rand(8, 4), torch.randint(3, (8,))
+        loss = TradesLoss(eps=0.1, beta=6.0, steps=3)(net, x, y)
+        assert loss >= torch.nn.functional.cross_entropy(net(x), y)   # CE + beta * KL >= CE
     """
 
     def __init__(self, *, beta: float = 6.0, **ball) -> None:
@@ -303,8 +328,15 @@ class WdatLoss(TradesLoss):
 
     Usage::
 
-        loss = WdatLoss(delta=0.1)(net, x, y)
-        loss_fn.last_budget            # delta_B of the last batch
+        import torch
+        from pyro_otmdr.data_space import WdatLoss
+
+        net = torch.nn.Linear(4, 3)
+        x, y = torch.rand(8, 4), torch.randint(3, (8,))
+        loss_fn = WdatLoss(delta=0.1, steps=3)
+        loss = loss_fn(net, x, y)
+        budget = loss_fn.last_budget   # delta_B of the last batch: delta itself for the first
+        assert torch.isclose(budget, torch.tensor(0.1))
     """
 
     def __init__(
@@ -391,9 +423,15 @@ class ArmorLoss(RobustObjective):
 
     Other parameters as :class:`RobustObjective`. Usage::
 
-        loss_fn = ArmorLoss(eps=0.1, budget=0.02)
+        import torch
+        from pyro_otmdr.data_space import ArmorLoss
+
+        net = torch.nn.Linear(4, 3)
+        x, y = torch.rand(8, 4), torch.randint(3, (8,))
+        loss_fn = ArmorLoss(eps=0.1, budget=0.02, steps=3)
         loss = loss_fn(net, x, y)
-        loss_fn.last_dual.weights       # how the batch was re-weighted
+        weights = loss_fn.last_dual.weights       # how the batch was re-weighted
+        assert weights.shape == (8,) and torch.isclose(weights.sum(), torch.tensor(1.0))
     """
 
     per_example_mean = False

@@ -13,8 +13,13 @@ With ``random_start=False`` and the linf norm the iterates are exactly those of
 
 Usage::
 
-    result = pgd(model, x, y, eps=8 / 255, steps=50, restarts=5)
-    result.robust_accuracy
+    import torch
+    from pyro_otmdr.attacks import pgd
+
+    net = torch.nn.Linear(4, 3)
+    x, y = torch.rand(32, 4), torch.randint(3, (32,))
+    result = pgd(net, x, y, eps=8 / 255, steps=5, restarts=2)
+    assert result.robust_accuracy <= result.clean_accuracy
 """
 
 from __future__ import annotations
@@ -116,7 +121,13 @@ def pgd(
 
     Usage::
 
-        result = pgd(model, x, y, eps=0.1, norm="linf", steps=40, step_size=0.01)
+        import torch
+        from pyro_otmdr.attacks import pgd
+
+        net = torch.nn.Linear(4, 3)
+        x, y = torch.rand(32, 4), torch.randint(3, (32,))
+        result = pgd(net, x, y, eps=0.1, norm="linf", steps=10, step_size=0.025)
+        assert (result.x_adv - x).abs().max() <= 0.1 + 1e-6   # every example in its ball
     """
     _, s = check_attack_args(x, y, budget=("eps", eps), p=math.inf, cost=norm, loss=loss, box=box)
     for name, value in (("steps", steps), ("restarts", restarts), ("batch_size", batch_size)):

@@ -10,12 +10,19 @@ the same draws.
 
 Usage::
 
+    import torch
+    from pyro.infer.autoguide import AutoNormal
     from pyro_otmdr.attacks import posterior_predictive, w_pgd
+    from pyro_otmdr.bayes import bayesian
 
-    predict = posterior_predictive(model, guide, num_samples=32)   # frozen draws
-    result = w_pgd(predict, x, y, delta=0.05)
+    model = bayesian(torch.nn.Linear(4, 3), num_data=16)
+    guide = AutoNormal(model)
+    x, y = torch.rand(16, 4), torch.randint(3, (16,))
+    guide(x, y)                                                   # set the autoguide up
+    predict = posterior_predictive(model, guide, num_samples=8)   # frozen draws
+    result = w_pgd(predict, x, y, delta=0.05, steps=5)
     fresh = predict.redraw()                                      # new frozen draws
-    (fresh(result.x_adv).argmax(-1) == y).float().mean()
+    transfer = (fresh(result.x_adv).argmax(-1) == y).float().mean()  # accuracy under fresh draws
 """
 
 from __future__ import annotations
@@ -111,8 +118,19 @@ def posterior_predictive(
 
     Usage::
 
-        predict = posterior_predictive(model, guide, num_samples=32)
+        import torch
+        from pyro.infer.autoguide import AutoNormal
+        from pyro_otmdr.attacks import posterior_predictive
+        from pyro_otmdr.bayes import bayesian
+
+        model = bayesian(torch.nn.Linear(4, 3), num_data=16)
+        guide = AutoNormal(model)
+        x, y = torch.rand(16, 4), torch.randint(3, (16,))
+        guide(x, y)                        # set the autoguide up
+        predict = posterior_predictive(model, guide, num_samples=8)
         log_probs = predict(x)             # (len(x), C), differentiable in x
+        assert log_probs.shape == (16, 3)
+        assert torch.equal(predict(x), log_probs)   # the same frozen draws at every call
     """
     check_positive("num_samples", num_samples, int)
     if not isinstance(site, str) or not site:

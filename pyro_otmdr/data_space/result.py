@@ -2,9 +2,15 @@
 
 Usage::
 
-    result = w_pgd(predict, x, y, delta=0.05)
-    result.robust_accuracy, result.accuracies[-1], result.distance
-    json.dumps(result.to_dict())            # everything but x_adv
+    import json
+    import torch
+    from pyro_otmdr.attacks import w_pgd
+
+    predict = torch.nn.Linear(4, 3)
+    x, y = torch.rand(16, 4), torch.randint(3, (16,))
+    result = w_pgd(predict, x, y, delta=0.05, steps=5)
+    assert result.robust_accuracy == min(result.accuracies) and len(result.accuracies) == 5
+    text = json.dumps(result.to_dict())     # everything but x_adv
 """
 
 from __future__ import annotations

@@ -7,10 +7,13 @@ Bai et al. 2023). One gradient pass gives a robustness figure that needs no atta
 
 Usage::
 
+    import torch
     from pyro_otmdr.attacks import w_sensitivity
 
-    sens = w_sensitivity(model, x, y, p=2, cost="linf")
-    sens.upsilon, sens.loss_estimate(0.01)
+    net = torch.nn.Linear(4, 3)
+    x, y = torch.rand(16, 4), torch.randint(3, (16,))
+    sens = w_sensitivity(net, x, y, p=2, cost="linf")
+    assert sens.loss_estimate(0.01) == sens.loss + 0.01 * sens.upsilon   # V(0) + delta Upsilon
 """
 
 from __future__ import annotations
@@ -96,8 +99,14 @@ def w_sensitivity(
 
     Usage::
 
-        sens = w_sensitivity(model, x, y)
-        print(sens.upsilon, sens.loss_estimate(0.05))
+        import torch
+        from pyro_otmdr.attacks import w_sensitivity
+
+        net = torch.nn.Linear(4, 3)
+        x, y = torch.rand(16, 4), torch.randint(3, (16,))
+        sens = w_sensitivity(net, x, y)
+        print(sens.upsilon, sens.loss_estimate(0.05))   # e.g. 0.546 1.022: Upsilon, V(0.05)
+        assert sens.loss_estimate(0.05) > sens.loss     # the worst loss grows with delta
     """
     order, s = check_attack_args(x, y, budget=("delta", 1.0), p=p, cost=cost, loss=loss, box=box)
     check_positive("batch_size", batch_size, int)

@@ -24,10 +24,13 @@ Euclidean projection; it is the authors' and reproduces their numbers.
 
 Usage::
 
+    import torch
     from pyro_otmdr.attacks import w_pgd
 
+    net = torch.nn.Linear(4, 3)
+    x_test, y_test = torch.rand(32, 4), torch.randint(3, (32,))
     result = w_pgd(net, x_test, y_test, delta=8 / 255)   # W2, linf cost, ReDLR, 50 steps
-    result.robust_accuracy, result.distance
+    assert result.robust_accuracy <= result.clean_accuracy and result.distance <= 8 / 255
 """
 
 from __future__ import annotations
@@ -142,8 +145,13 @@ def w_pgd(
 
     Usage::
 
-        result = w_pgd(model, x, y, delta=0.05, p=2, cost="linf", loss="redlr", steps=50)
-        print(result.clean_accuracy, result.robust_accuracy)
+        import torch
+        from pyro_otmdr.attacks import w_pgd
+
+        net = torch.nn.Linear(4, 3)
+        x, y = torch.rand(32, 4), torch.randint(3, (32,))
+        result = w_pgd(net, x, y, delta=0.05, p=2, cost="linf", loss="redlr", steps=10)
+        print(result.clean_accuracy, result.robust_accuracy)   # e.g. 0.375 0.28125
     """
     order, s = check_attack_args(x, y, budget=("delta", delta), p=p, cost=cost, loss=loss, box=box)
     _check_schedule(steps, step_ratio, batch_size)
@@ -205,8 +213,15 @@ def w_fgsm(
 
     Usage::
 
-        result = w_fgsm(model, x, y, delta=1e-3, loss="ce")
-        (result.max_loss - result.clean_loss) / 1e-3    # ~ Upsilon for a small delta
+        import torch
+        from pyro_otmdr.attacks import w_fgsm, w_sensitivity
+
+        net = torch.nn.Linear(4, 3)
+        x, y = torch.rand(32, 4), torch.randint(3, (32,))
+        result = w_fgsm(net, x, y, delta=1e-3, loss="ce")
+        slope = (result.max_loss - result.clean_loss) / 1e-3    # ~ Upsilon for a small delta
+        upsilon = w_sensitivity(net, x, y).upsilon
+        assert abs(slope - upsilon) < 0.01 * upsilon
     """
     return w_pgd(
         predict,

@@ -8,10 +8,19 @@
 
 Usage::
 
+    import torch
+    from pyro.infer.autoguide import AutoNormal
+    from pyro_otmdr.bayes import bayesian
     from pyro_otmdr.evaluation import evaluate, robustness
 
-    result = evaluate(model, guide, x_test, y_test, num_samples=32)
-    report = robustness(model, guide, x_test, y_test, budgets=(0.02, 0.05, 0.1))
+    model = bayesian(torch.nn.Linear(4, 3), num_data=32)
+    guide = AutoNormal(model)
+    x_test, y_test = torch.rand(32, 4), torch.randint(3, (32,))
+    guide(x_test, y_test)                # set the autoguide up (train it with SVI first)
+    result = evaluate(model, guide, x_test, y_test, num_samples=4)
+    report = robustness(model, guide, x_test, y_test, budgets=(0.05,), num_samples=4, steps=3)
+    assert set(result.metrics) >= {"accuracy", "nll", "brier", "ece", "auroc"}
+    assert report.robust_accuracy["w2-linf"][-1] <= report.clean_accuracy
 """
 
 from .predictive import evaluate

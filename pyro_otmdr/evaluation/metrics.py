@@ -7,12 +7,13 @@ builds the mean posterior predictive and calls these.
 
 Usage::
 
-    from pyro_otmdr import metrics
+    import torch
+    from pyro_otmdr.evaluation import metrics
 
     probs = torch.tensor([[0.9, 0.1], [0.4, 0.6]])
     labels = torch.tensor([0, 0])
-    metrics.accuracy(probs, labels)  # tensor(0.5000)
-    metrics.ece(probs, labels, num_bins=10)
+    assert metrics.accuracy(probs, labels) == 0.5
+    print(metrics.ece(probs, labels, num_bins=10))  # tensor(0.3500)
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
     Usage::
 
-        accuracy(torch.tensor([[0.2, 0.8]]), torch.tensor([1]))  # tensor(1.)
+        import torch
+        from pyro_otmdr.evaluation.metrics import accuracy
+
+        assert accuracy(torch.tensor([[0.2, 0.8]]), torch.tensor([1])) == 1.0
     """
     _check(probs, labels)
     return (probs.argmax(-1) == labels).to(probs.dtype).mean()
@@ -70,7 +74,12 @@ def nll(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
     Usage::
 
-        nll(torch.tensor([[0.5, 0.5]]), torch.tensor([0]))  # tensor(0.6931)
+        import math
+        import torch
+        from pyro_otmdr.evaluation.metrics import nll
+
+        value = nll(torch.tensor([[0.5, 0.5]]), torch.tensor([0]))  # tensor(0.6931)
+        assert math.isclose(value, math.log(2), rel_tol=1e-6)
     """
     _check(probs, labels)
     picked = probs.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
@@ -84,7 +93,11 @@ def brier(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
     Usage::
 
-        brier(torch.tensor([[1.0, 0.0]]), torch.tensor([1]))  # tensor(2.)
+        import torch
+        from pyro_otmdr.evaluation.metrics import brier
+
+        assert brier(torch.tensor([[1.0, 0.0]]), torch.tensor([1])) == 2.0   # the worst score
+        assert brier(torch.tensor([[0.5, 0.5]]), torch.tensor([1])) == 0.5  # uniform: 1 - 1/C
     """
     _check(probs, labels)
     onehot = torch.nn.functional.one_hot(labels.long(), probs.shape[1]).to(probs.dtype)
@@ -104,7 +117,14 @@ def calibration_bins(
 
     Usage::
 
+        import torch
+        from pyro_otmdr.evaluation.metrics import calibration_bins
+
+        probs = torch.tensor([[0.95, 0.05], [0.55, 0.45], [0.58, 0.42]])
+        labels = torch.tensor([0, 0, 1])
         acc, conf, count = calibration_bins(probs, labels, num_bins=10)
+        assert count.tolist() == [0, 0, 0, 0, 0, 2, 0, 0, 0, 1]
+        assert acc[5] == 0.5 and acc[9] == 1.0      # bins (0.5, 0.6] and (0.9, 1.0]
     """
     _check(probs, labels)
     if not isinstance(num_bins, int) or num_bins < 1:
@@ -128,7 +148,11 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> torch.
 
     Usage::
 
-        ece(torch.tensor([[0.9, 0.1], [0.6, 0.4]]), torch.tensor([0, 1]), num_bins=10)
+        import torch
+        from pyro_otmdr.evaluation.metrics import ece
+
+        value = ece(torch.tensor([[0.9, 0.1], [0.6, 0.4]]), torch.tensor([0, 1]), num_bins=10)
+        print(value)   # tensor(0.3500): (|1 - 0.9| + |0 - 0.6|) / 2
     """
     acc, conf, count = calibration_bins(probs, labels, num_bins)
     return (count / count.sum() * (acc - conf).abs()).sum()
@@ -157,7 +181,11 @@ def auroc(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
     Usage::
 
-        auroc(torch.tensor([0.9, 0.8, 0.3]), torch.tensor([1, 0, 0]))  # tensor(1.)
+        import torch
+        from pyro_otmdr.evaluation.metrics import auroc
+
+        assert auroc(torch.tensor([0.9, 0.8, 0.3]), torch.tensor([1, 0, 0])) == 1.0
+        assert auroc(torch.tensor([0.5, 0.5]), torch.tensor([1, 0])) == 0.5   # a tie
     """
     if scores.dim() != 1 or scores.shape != targets.shape:
         raise ValueError(
@@ -183,7 +211,12 @@ def apply_temperature(logits: torch.Tensor, temperature: float | torch.Tensor) -
 
     Usage::
 
+        import torch
+        from pyro_otmdr.evaluation.metrics import apply_temperature
+
+        mean_probs = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
         probs_ts = apply_temperature(mean_probs.log(), 1.7)
+        assert (probs_ts.max(-1).values < mean_probs.max(-1).values).all()   # T > 1 softens
     """
     if float(temperature) <= 0:
         raise ValueError(f"temperature must be positive, got {float(temperature)}")
@@ -199,8 +232,15 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
     Usage::
 
-        T = fit_temperature(val_probs.log(), val_labels)
+        import torch
+        from pyro_otmdr.evaluation.metrics import apply_temperature, fit_temperature, nll
+
+        logits = 5 * torch.randn(200, 3)                 # an overconfident classifier
+        labels = torch.distributions.Categorical(logits=logits / 5).sample()
+        val_probs, test_probs = logits[:100].softmax(-1), logits[100:].softmax(-1)
+        T = fit_temperature(val_probs.log(), labels[:100])
         test_probs_ts = apply_temperature(test_probs.log(), T)
+        assert T > 1 and nll(test_probs_ts, labels[100:]) < nll(test_probs, labels[100:])
     """
     _check(torch.empty_like(logits, dtype=torch.float32), labels)
     if not isinstance(max_iter, int) or max_iter < 1:

@@ -2,7 +2,14 @@
 
 Usage::
 
+    from pathlib import Path
+    import torch
+    from pyro_otmdr.evaluation.plots import plot_reliability
+
+    probs = torch.softmax(torch.randn(100, 3), -1)
+    labels = torch.randint(3, (100,))
     plot_reliability(probs, labels, num_bins=15, path=Path("reliability.png"), dpi=80)
+    assert Path("reliability.png").stat().st_size > 0
 """
 
 from __future__ import annotations
@@ -31,8 +38,14 @@ def reliability_figure(probs: torch.Tensor, labels: torch.Tensor, num_bins: int)
 
     Usage::
 
-        fig = reliability_figure(result.probs, result.labels, num_bins=15)
+        import torch
+        from pyro_otmdr.evaluation.plots import reliability_figure
+
+        probs = torch.softmax(torch.randn(100, 3), -1)
+        labels = torch.randint(3, (100,))
+        fig = reliability_figure(probs, labels, num_bins=15)   # result.probs, result.labels
         fig.savefig("reliability.png")
+        assert len(fig.axes) == 2       # the diagram over the histogram of counts
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

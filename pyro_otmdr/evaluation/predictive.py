@@ -8,9 +8,17 @@ ensemble, or ``num_samples`` draws of any other guide.
 
 Usage::
 
+    import torch
+    from pyro.infer.autoguide import AutoNormal
+    from pyro_otmdr.bayes import bayesian
     from pyro_otmdr.evaluation import evaluate
 
-    result = evaluate(model, guide, x_test, y_test, num_samples=32, x_val=x_val, y_val=y_val)
+    model = bayesian(torch.nn.Linear(4, 3), num_data=32)
+    guide = AutoNormal(model)
+    x_val, y_val = torch.rand(16, 4), torch.randint(3, (16,))
+    x_test, y_test = torch.rand(32, 4), torch.randint(3, (32,))
+    guide(x_val, y_val)                        # set the autoguide up (train it with SVI first)
+    result = evaluate(model, guide, x_test, y_test, num_samples=4, x_val=x_val, y_val=y_val)
     print(result.metrics)                      # accuracy, nll, brier, ece, auroc, *_ts
     tree = result.to_datatree()                # ArviZ: az.loo(tree), az.summary(tree)
     result.plot_calibration("calibration.png")  # + calibration_pava.png
@@ -228,10 +236,22 @@ def evaluate(
 
     Usage::
 
+        import pyro
+        import torch
+        from pyro.infer import SVI, Trace_ELBO
+        from pyro.infer.autoguide import AutoNormal
+        from pyro_otmdr.bayes import bayesian
+        from pyro_otmdr.evaluation import evaluate
+
+        x, y = torch.rand(96, 4), torch.randint(3, (96,))
+        (x_train, x_val, x_test), (y_train, y_val, y_test) = x.split(32), y.split(32)
+        model = bayesian(torch.nn.Linear(4, 3), num_data=len(x_train))
         guide = AutoNormal(model)
-        ...  # train with SVI
-        result = evaluate(model, guide, x_test, y_test, num_samples=64, x_val=x_val, y_val=y_val)
-        result.metrics["nll_ts"]
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+        for _ in range(5):
+            svi.step(x_train, y_train)
+        result = evaluate(model, guide, x_test, y_test, num_samples=16, x_val=x_val, y_val=y_val)
+        print(result.metrics["nll_ts"])   # the test NLL after temperature scaling on x_val
     """
     _check_args(x, y, x_val, y_val, x_ood, num_samples, batch_size, num_bins, site)
     device = guide_device(guide, device)

@@ -2,9 +2,19 @@
 
 Usage::
 
+    import torch
+    from pyro.infer.autoguide import AutoDelta
+    from pyro_otmdr.bayes import bayesian
+    from pyro_otmdr.evaluation import evaluate
+
+    model = bayesian(torch.nn.Linear(4, 3), num_data=32)
+    guide = AutoDelta(model)
+    x, y = torch.rand(32, 4), torch.randint(3, (32,))
+    guide(x, y)                                  # set the autoguide up (train it with SVI first)
     result = evaluate(model, guide, x, y)
     tree = result.to_datatree()                  # az.loo(tree), az.summary(tree)
-    result.plot_calibration("calibration.png")   # + calibration_pava.png
+    paths = result.plot_calibration("calibration.png")
+    assert [p.name for p in paths] == ["calibration.png", "calibration_pava.png"]
 """
 
 from __future__ import annotations
@@ -40,8 +50,18 @@ class EvaluationResult:
 
     Usage::
 
-        result = evaluate(model, guide, x, y)
-        result.metrics["ece"], result.probs.shape, result.num_draws
+        import torch
+        from pyro.infer.autoguide import AutoNormal
+        from pyro_otmdr.bayes import bayesian
+        from pyro_otmdr.evaluation import evaluate
+
+        model = bayesian(torch.nn.Linear(4, 3), num_data=32)
+        guide = AutoNormal(model)
+        x, y = torch.rand(32, 4), torch.randint(3, (32,))
+        guide(x, y)                                  # set the autoguide up
+        result = evaluate(model, guide, x, y, num_samples=8)
+        assert result.probs.shape == (32, 3) and result.num_draws == 8
+        assert result.log_likelihood.shape == (8, 32)   # per draw and test point
     """
 
     metrics: dict[str, float]
@@ -79,9 +99,20 @@ class EvaluationResult:
         Usage::
 
             import arviz as az
+            import torch
+            from pyro.infer.autoguide import AutoNormal
+            from pyro_otmdr.bayes import bayesian
+            from pyro_otmdr.evaluation import evaluate
 
+            model = bayesian(torch.nn.Linear(4, 3), num_data=32)
+            guide = AutoNormal(model)
+            x, y = torch.rand(32, 4), torch.randint(3, (32,))
+            guide(x, y)                                  # set the autoguide up
+            result = evaluate(model, guide, x, y, num_samples=32)   # az.loo needs >= ~25
             tree = result.to_datatree()
-            az.loo(tree), az.summary(tree), az.ess(tree, group="posterior_predictive")
+            loo, summary = az.loo(tree), az.summary(tree)
+            ess = az.ess(tree, group="posterior_predictive")
+            assert list(summary.index) == ["accuracy", "nll"]      # the posterior group
         """
         import arviz as az
 
@@ -122,7 +153,19 @@ class EvaluationResult:
 
         Usage::
 
+            import torch
+            from pyro.infer.autoguide import AutoDelta
+            from pyro_otmdr.bayes import bayesian
+            from pyro_otmdr.evaluation import evaluate
+
+            model = bayesian(torch.nn.Linear(4, 3), num_data=32)
+            guide = AutoDelta(model)
+            x, y = torch.rand(32, 4), torch.randint(3, (32,))
+            guide(x, y)                                  # set the autoguide up
+            result = evaluate(model, guide, x, y)
             paths = result.plot_calibration("figures/calibration.png")
+            assert [str(p) for p in paths] == ["figures/calibration.png",
+                                               "figures/calibration_pava.png"]
         """
         if not isinstance(pava_samples, int) or pava_samples < 2:
             raise ValueError(f"pava_samples must be an int >= 2, got {pava_samples!r}")

@@ -19,12 +19,21 @@ attacker, so the chosen inputs are re-evaluated with FRESH draws and both are re
 
 Usage::
 
-    from pyro_otmdr import robustness
+    import torch
+    from pyro.infer.autoguide import AutoNormal
+    from pyro_otmdr import evaluate, robustness
+    from pyro_otmdr.bayes import bayesian
 
-    report = robustness(model, guide, x_test, y_test, budgets=(0.02, 0.05, 0.1))
-    print(report.table())
+    model = bayesian(torch.nn.Linear(4, 3), num_data=32)
+    guide = AutoNormal(model)
+    x_test, y_test = torch.rand(32, 4), torch.randint(3, (32,))
+    guide(x_test, y_test)                # set the autoguide up (train it with SVI first)
+    report = robustness(model, guide, x_test, y_test, budgets=(0.05, 0.1), num_samples=4,
+                        steps=3)
+    print(report.table())                # | threat | Upsilon | 0.05 | 0.1 |, one row per threat
     report.plot("robustness.png"); report.to_json("robustness.json")
-    tree = report.to_datatree(evaluate(model, guide, x_test, y_test).to_datatree())
+    result = evaluate(model, guide, x_test, y_test, num_samples=4)
+    tree = report.to_datatree(result.to_datatree())
 """
 
 from __future__ import annotations
@@ -120,8 +129,20 @@ class RobustnessReport:
 
         Usage::
 
+            import torch
+            from pyro.infer.autoguide import AutoDelta
+            from pyro_otmdr import evaluate, robustness
+            from pyro_otmdr.bayes import bayesian
+
+            model = bayesian(torch.nn.Linear(4, 3), num_data=32)
+            guide = AutoDelta(model)
+            x, y = torch.rand(32, 4), torch.randint(3, (32,))
+            guide(x, y)                                  # set the autoguide up
+            result = evaluate(model, guide, x, y)
+            report = robustness(model, guide, x, y, budgets=(0.05, 0.1), steps=5)
             tree = report.to_datatree(result.to_datatree())
-            tree["robustness"].dataset.robust_accuracy.sel(threat="w2-linf")
+            curve = tree["robustness"].dataset.robust_accuracy.sel(threat="w2-linf")
+            assert curve.values.tolist() == report.robust_accuracy["w2-linf"]
         """
         import xarray as xr
 
@@ -259,8 +280,21 @@ def robustness(
 
     Usage::
 
-        report = robustness(model, guide, x, y, threats=("w2-linf", "linf"), budgets=(0.05,))
-        report = robustness(net, None, x, y)           # a plain network
+        import torch
+        from pyro.infer.autoguide import AutoNormal
+        from pyro_otmdr import robustness
+        from pyro_otmdr.bayes import bayesian
+
+        net = torch.nn.Linear(4, 3)
+        model = bayesian(net, num_data=32)
+        guide = AutoNormal(model)
+        x, y = torch.rand(32, 4), torch.randint(3, (32,))
+        guide(x, y)                                    # set the autoguide up
+        report = robustness(model, guide, x, y, threats=("w2-linf", "linf"), budgets=(0.05,),
+                            num_samples=4, steps=3)
+        assert report.robust_accuracy_fresh is not None   # re-evaluated with fresh draws
+        report = robustness(net, None, x, y, steps=3)    # a plain network
+        assert report.robust_accuracy_fresh is None       # deterministic: nothing to redraw
     """
     _check(threats, budgets, steps)
     fresh = None

@@ -19,9 +19,19 @@ published severity table, these angles are ours.
 
 Usage::
 
+    import torch
+    from pyro.infer.autoguide import AutoDelta
+    from pyro_otmdr.bayes import bayesian
+    from pyro_otmdr.evaluation.shift import evaluate_shift, shift_inputs
+
+    model = bayesian(torch.nn.Linear(64, 10), num_data=32)   # digits: flat 8x8 images
+    guide = AutoDelta(model)
+    x_test, y_test = torch.rand(32, 64), torch.randint(10, (32,))
+    guide(x_test, y_test)                # set the autoguide up (train it with SVI first)
     x_shifted = shift_inputs(x_test, "gaussian_blur", severity=3, seed=0)
+    assert x_shifted.shape == x_test.shape
     result = evaluate_shift(model, guide, x_test, y_test, shifts=("rotation", "contrast"))
-    result.metrics["rotation"][5]["ece"]
+    print(result.metrics["rotation"][5]["ece"])   # severity 0 is the clean test set
     result.plot("shift.png")
 """
 
@@ -126,8 +136,20 @@ class ShiftResult:
 
     Usage::
 
-        result.mean_over_shifts()["nll"]   # mean over every shift and severity >= 1
+        import torch
+        from pyro.infer.autoguide import AutoDelta
+        from pyro_otmdr.bayes import bayesian
+        from pyro_otmdr.evaluation.shift import evaluate_shift
+
+        model = bayesian(torch.nn.Linear(64, 10), num_data=32)
+        guide = AutoDelta(model)
+        x, y = torch.rand(32, 64), torch.randint(10, (32,))
+        guide(x, y)                                   # set the autoguide up
+        result = evaluate_shift(model, guide, x, y, shifts=("gaussian_noise",),
+                                severities=(1, 5))
+        nll = result.mean_over_shifts()["nll"]   # mean over every shift and severity >= 1
         result.to_json("shift.json"); result.plot("shift.png")
+        assert sorted(result.metrics["gaussian_noise"]) == [0, 1, 5]
     """
 
     metrics: dict[str, dict[int, dict[str, float]]]

@@ -152,10 +152,11 @@ def make_optim(config: ExperimentConfig, num_data: int) -> PyroOptim:
 
     Usage::
 
+        from pyro.optim.lr_scheduler import PyroLRScheduler
         from pyro_otmdr.experiments import ExperimentConfig, make_optim
 
         optim = make_optim(ExperimentConfig(optimizer="sgd", lr=0.1), num_data=1000)
-        assert type(optim).__name__ == "CosineAnnealingLR"
+        assert isinstance(optim, PyroLRScheduler)   # call optim.step() after every epoch
     """
     _check(config, "optimizer")
     _check(config, "schedule")

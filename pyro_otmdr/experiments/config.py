@@ -108,6 +108,8 @@ class ExperimentConfig:
 
     Usage::
 
+        from pyro_otmdr.experiments import ExperimentConfig
+
         config = ExperimentConfig(guide="delta", method="otmdr", data_robust="trades", eps=0.1)
         assert config.resolved().rho == 0.05     # the guide's default radius
     """

@@ -9,7 +9,7 @@ Usage::
 
     experiment = build_experiment(ExperimentConfig(guide="delta", method="sam", epochs=1))
     x, y = experiment.split_tensors("train")
-    assert experiment.num_data == len(x) and experiment.svi.loss is experiment.loss
+    assert experiment.num_data == len(x) and type(experiment.loss).__name__ == "SAM"
 """
 
 from __future__ import annotations

@@ -8,17 +8,14 @@ parses its flag. A new setting is one field; nothing else repeats it.
 
 Usage::
 
-    from dataclasses import dataclass, fields
+    from dataclasses import fields
 
-    from pyro_otmdr.experiments.settings import Number, setting, setting_of
+    from pyro_otmdr.experiments import ExperimentConfig
+    from pyro_otmdr.experiments.settings import setting_of
 
-    @dataclass(frozen=True)
-    class Config:
-        steps: int = setting(10, "run", "iterates per attack", Number(int, low=1))
-
-    (steps,) = fields(Config)
-    assert setting_of(steps).flag_for(steps) == "--steps"
-    assert setting_of(steps).kind.parse("5") == 5
+    spec = {f.name: f for f in fields(ExperimentConfig)}["n_particles"]
+    declared = setting_of(spec)         # declared as setting(1, ..., flag="--particles")
+    assert declared.flag_for(spec) == "--particles" and declared.kind.parse("2") == 2
 """
 
 from __future__ import annotations

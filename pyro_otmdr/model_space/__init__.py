@@ -7,7 +7,8 @@ Bottom up:
   random half batches, which parameters move, BatchNorm statistics once per step, kappa fixed
   for the step; :mod:`.subsampling`: whether a Pyro loss is plate-scaled, so that two halves
   average to the whole batch;
-* :mod:`.step`: :class:`SharpnessAwareStep`, the Pyro-agnostic step engine, and
+* :mod:`.step`: :class:`SharpnessAwareStep`, the Pyro-agnostic step engine (the paper's
+  algorithm), :mod:`.center_gradient`: the gradient of the parameters it does not perturb, and
   :mod:`.savings`: :class:`StepSavings`, its exact shortcuts, each one a switch;
 * :mod:`.constant_params` and :mod:`.device_loss`: what a Pyro pass need not redo (the fixed
   parameters' constrained values where they are constants) or convert (its loss, kept on the

@@ -10,8 +10,13 @@ objective as the loss of the whole batch.
 
 Usage::
 
+    import torch
+    from pyro_otmdr.model_space.batching import split_in_halves
+
+    x, y = torch.randn(8, 4), torch.randint(3, (8,))
     g = torch.Generator().manual_seed(0)
     (args1, kwargs1), (args2, kwargs2) = split_in_halves((x, y), {}, g)
+    assert args1[0].shape == args2[0].shape == (4, 4) and kwargs1 == kwargs2 == {}
 """
 
 from __future__ import annotations
@@ -35,7 +40,11 @@ def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
 
     Usage::
 
-        batch_size_of((torch.zeros(8, 3),), {})  # 8
+        import torch
+        from pyro_otmdr.model_space.batching import batch_size_of
+
+        assert batch_size_of((torch.zeros(8, 3),), {}) == 8
+        assert batch_size_of((None,), {"x": torch.zeros(5, 2)}) == 5   # keyword arguments too
     """
     for value in (*args, *kwargs.values()):
         if isinstance(value, torch.Tensor) and value.dim() >= 1:
@@ -57,7 +66,13 @@ def split_in_halves(
 
     Usage::
 
+        import torch
+        from pyro_otmdr.model_space.batching import split_in_halves
+
+        x, y = torch.arange(7.0), torch.arange(7)
         (a1, k1), (a2, k2) = split_in_halves((x, y), {}, torch.Generator().manual_seed(0))
+        assert len(a1[0]) == 3 and len(a2[0]) == 4          # odd: the second half is larger
+        assert torch.equal(a1[0].long(), a1[1])             # x and y split alike
     """
     size = batch_size_of(args, kwargs)
     if size < 2:

@@ -10,12 +10,26 @@ nothing downstream changes; a parameter that requires grad is left to Pyro.
 
 Usage::
 
+    import torch
+    from pyro import poutine
+    from pyro.infer import Trace_ELBO
+    from pyro.infer.autoguide import AutoNormal
+    from pyro_otmdr.bayes import bayesian
+    from pyro_otmdr.model_space.constant_params import ConstantParams
+
+    model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+    guide, elbo = AutoNormal(model), Trace_ELBO()
+    x, y = torch.randn(8, 4), torch.randint(3, (8,))
     constants = ConstantParams()
-    with poutine.trace(param_only=True) as capture:   # the step's first pass
-        elbo.loss_and_grads(model, guide, x1, y1)
-    constants.record(capture.trace.nodes["AutoNormal.scales.w"])
-    with constants:                                   # a later pass
-        elbo.loss_and_grads(model, guide, x2, y2)
+    with poutine.trace(param_only=True) as capture:      # the step's first pass
+        elbo.loss_and_grads(model, guide, x[:4], y[:4])
+    site = capture.trace.nodes["AutoNormal.scales.net.weight"]
+    constants.record(site)
+    site["value"].unconstrained().requires_grad_(False)  # a constant in the next pass
+    with constants, poutine.trace(param_only=True) as later:   # a later pass
+        elbo.loss_and_grads(model, guide, x[4:], y[4:])
+    served = later.trace.nodes["AutoNormal.scales.net.weight"]["value"]
+    assert torch.equal(served, site["value"]) and not served.requires_grad   # the cached value
 """
 
 from __future__ import annotations

@@ -10,7 +10,23 @@ per particle (Pyro's own particle loss); any other ELBO takes its own methods.
 
 Usage::
 
+    import math
+    import pyro
+    import torch
+    from pyro.infer import Trace_ELBO
+    from pyro.infer.autoguide import AutoNormal
+    from pyro_otmdr.bayes import bayesian
+    from pyro_otmdr.model_space.device_loss import loss_and_grads_on_device
+
+    model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+    guide = AutoNormal(model)
+    x, y = torch.randn(8, 4), torch.randint(3, (8,))
+    guide(x, y)                                      # set the autoguide up
+    pyro.set_rng_seed(1)
     loss = loss_and_grads_on_device(Trace_ELBO(), model, guide, (x, y), {})   # a tensor
+    pyro.set_rng_seed(1)
+    reference = Trace_ELBO().loss_and_grads(model, guide, x, y)              # Pyro's float
+    assert isinstance(loss, torch.Tensor) and math.isclose(loss, reference, rel_tol=1e-5)
 """
 
 from __future__ import annotations

@@ -14,14 +14,27 @@ The perturbations therefore differ from rank to rank, and the result is the mean
 per-rank OT-MDR gradients, not an OT-MDR gradient of the global batch. Give every rank a
 different ``seed`` (e.g. ``seed + rank``) so that splits and noise differ too.
 
-Usage::
+The example runs one process, a group of one; ``torchrun`` starts one per device, each with its
+rank and its shard of every batch. Usage::
 
-    ddp = DistributedDataParallel(model)
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch.nn.parallel import DistributedDataParallel
+    from pyro_otmdr import OTMDROptimizer
+    from pyro_otmdr.model_space.distributed import free_port
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}",
+                            rank=0, world_size=1)
+    rank = dist.get_rank()
+    ddp = DistributedDataParallel(torch.nn.Linear(4, 3))
     base = torch.optim.SGD(ddp.parameters(), lr=0.1)
     opt = OTMDROptimizer(ddp.named_parameters(), base, rho=0.05, seed=rank,
                          no_sync=ddp.no_sync)
+    local_batches = [(torch.randn(8, 4), torch.randint(3, (8,))) for _ in range(2)]
     for x, y in local_batches:
         opt.step(lambda x, y: F.cross_entropy(ddp(x), y), x, y)
+    dist.destroy_process_group()
 """
 
 from __future__ import annotations
@@ -40,7 +53,11 @@ def is_distributed() -> bool:
 
     Usage::
 
+        import torch.distributed as dist
+        from pyro_otmdr.model_space.distributed import is_distributed
+
         rank = dist.get_rank() if is_distributed() else 0
+        assert rank == 0                  # one process, no process group
     """
     return dist.is_available() and dist.is_initialized()
 
@@ -53,7 +70,16 @@ def all_reduce_mean_(tensors: Sequence[torch.Tensor]) -> None:
 
     Usage::
 
-        all_reduce_mean_([p.grad for p in model.parameters()])
+        import torch
+        import torch.nn.functional as F
+        from pyro_otmdr.model_space.distributed import all_reduce_mean_
+
+        model = torch.nn.Linear(4, 3)
+        F.cross_entropy(model(torch.randn(8, 4)), torch.randint(3, (8,))).backward()
+        grads = [p.grad for p in model.parameters()]
+        before = [g.clone() for g in grads]
+        all_reduce_mean_(grads)           # the mean over the ranks, in place
+        assert all(torch.equal(g, b) for g, b in zip(grads, before, strict=True))  # no group here
     """
     if not tensors or not is_distributed():
         return
@@ -74,7 +100,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
     Usage::
 
-        os.environ["MASTER_PORT"] = str(free_port())
+        import torch.distributed as dist
+        from pyro_otmdr.model_space.distributed import free_port, is_distributed
+
+        port = free_port()                # for MASTER_PORT, or a tcp:// init_method
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
+                                rank=0, world_size=1)
+        assert is_distributed()
+        dist.destroy_process_group()
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

@@ -16,12 +16,19 @@ then lets its optimiser step as usual.
 
 Usage::
 
+    import pyro
+    import torch
     from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoNormal
     from pyro_otmdr import OTMDR
+    from pyro_otmdr.bayes import bayesian
 
+    model = bayesian(torch.nn.Linear(4, 3), num_data=16)
+    guide = AutoNormal(model)
+    x_train, y_train = torch.randn(16, 4), torch.randint(3, (16,))
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}),
               loss=OTMDR(Trace_ELBO(), rho=0.05, n_particles=2))
-    for x, y in batches:
+    for x, y in zip(x_train.split(8), y_train.split(8)):
         loss = svi.step(x, y)
 """
 
@@ -255,7 +262,17 @@ class SAM(OTMDR):
 
     Usage::
 
-        svi = SVI(model, guide, pyro.optim.SGD({"lr": 0.1}), loss=SAM(Trace_ELBO(), rho=0.05))
+        import pyro
+        import torch
+        from pyro.infer import SVI, Trace_ELBO
+        from pyro.infer.autoguide import AutoDelta
+        from pyro_otmdr import SAM
+        from pyro_otmdr.bayes import bayesian
+
+        model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+        svi = SVI(model, AutoDelta(model), pyro.optim.SGD({"lr": 0.1}),
+                  loss=SAM(Trace_ELBO(), rho=0.05))
+        loss = svi.step(torch.randn(8, 4), torch.randint(3, (8,)))
     """
 
     def __init__(

@@ -17,15 +17,26 @@ computes its loss without a float conversion per site (no GPU synchronisation pe
 
 Usage::
 
-    pyro.settings.set(module_local_params=True)
+    import pyro
+    import torch
+    from pyro.infer import Trace_ELBO
+    from pyro.infer.autoguide import AutoNormal
+    from pyro_otmdr import OTMDROptimizer
+    from pyro_otmdr.bayes import bayesian
+
+    pyro.settings.set(module_local_params=True)            # before building the model and guide
+    model = bayesian(torch.nn.Linear(4, 3), num_data=16)
+    guide = AutoNormal(model)
+    x_train, y_train = torch.randn(16, 4), torch.randint(3, (16,))
     loss_fn = Trace_ELBO()(model, guide)
-    loss_fn(x[:2], y[:2])                                  # let the autoguide build its parameters
+    loss_fn(x_train[:2], y_train[:2])                      # let the autoguide build its parameters
     base = torch.optim.Adam(loss_fn.parameters(), lr=1e-3)
     opt = OTMDROptimizer(loss_fn.named_parameters(), base, rho=0.05, n_particles=2, seed=0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=100)
-    for x, y in batches:
+    for x, y in zip(x_train.split(8), y_train.split(8)):
         loss = opt.step(loss_fn, x, y)                     # one OT-MDR step on (x, y)
     scheduler.step()
+    pyro.settings.set(module_local_params=False)           # back to the global param store
 """
 
 from __future__ import annotations
@@ -190,8 +201,16 @@ class OTMDROptimizer(torch.optim.Optimizer):
 
         Usage::
 
-            loss = opt.compute_gradients(loss_fn, x, y)
-            opt.step()
+            import torch
+            from pyro_otmdr import OTMDROptimizer
+
+            net = torch.nn.Linear(4, 3)
+            opt = OTMDROptimizer(net.named_parameters(), torch.optim.SGD(net.parameters(), lr=0.1),
+                                 rho=0.05, seed=0)
+            x, y = torch.randn(8, 4), torch.randint(3, (8,))
+            loss = opt.compute_gradients(lambda x, y: torch.nn.functional.cross_entropy(net(x), y),
+                                         x, y)                   # gradients only: clip them here
+            opt.step()                                           # then the base optimiser steps
         """
         if not callable(closure):
             raise TypeError("closure must be callable: closure(*args, **kwargs) -> loss tensor")
@@ -238,7 +257,15 @@ class OTMDROptimizer(torch.optim.Optimizer):
 
         Usage::
 
-            loss = opt.step(loss_fn, x, y)
+            import torch
+            from pyro_otmdr import OTMDROptimizer
+
+            net = torch.nn.Linear(4, 3)
+            opt = OTMDROptimizer(net.named_parameters(), torch.optim.SGD(net.parameters(), lr=0.1),
+                                 rho=0.05, seed=0)
+            x, y = torch.randn(8, 4), torch.randint(3, (8,))
+            loss = opt.step(lambda x, y: torch.nn.functional.cross_entropy(net(x), y), x, y)
+            assert loss > 0
         """
         if args or kwargs:
             if closure is None:
@@ -358,6 +385,12 @@ class SAMOptimizer(OTMDROptimizer):
 
     Usage::
 
+        import torch
+        import torch.nn.functional as F
+        from pyro_otmdr import SAMOptimizer
+
+        model = torch.nn.Linear(4, 3)
+        x, y = torch.randn(8, 4), torch.randint(3, (8,))
         opt = SAMOptimizer(model.named_parameters(), torch.optim.SGD(model.parameters(), lr=0.1),
                            rho=0.05)
         loss = opt.step(lambda x, y: F.cross_entropy(model(x), y), x, y)

@@ -11,9 +11,12 @@ is one of :data:`SCALE_NAMES` (``AutoNormal.scales.w``, ``AutoDiagonalNormal.sca
 
 Usage::
 
-    perturbed_by_default("AutoNormal.locs.fc.weight")    # True
-    perturbed_by_default("AutoNormal.scales.fc.weight")  # False
-    OTMDR(Trace_ELBO(), rho=0.05, perturb=lambda name: name.startswith("net$$$"))
+    from pyro.infer import Trace_ELBO
+    from pyro_otmdr import OTMDR, perturbed_by_default
+
+    assert perturbed_by_default("AutoNormal.locs.fc.weight")          # a mean: moved
+    assert not perturbed_by_default("AutoNormal.scales.fc.weight")    # a spread: left alone
+    loss = OTMDR(Trace_ELBO(), rho=0.05, perturb=lambda name: name.startswith("net$$$"))
 """
 
 from __future__ import annotations

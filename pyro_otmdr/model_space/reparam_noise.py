@@ -19,9 +19,21 @@ without Pyro's entry-by-entry computation (any other value still gets Pyro's):
 
 Usage::
 
+    import torch
+    from pyro.infer import Trace_ELBO
+    from pyro.infer.autoguide import AutoNormal
+    from pyro_otmdr.bayes import bayesian
+    from pyro_otmdr.model_space.reparam_noise import FixedReparamNoise
+
+    model = bayesian(torch.nn.Linear(4, 3), num_data=16)
+    guide, elbo = AutoNormal(model), Trace_ELBO()
+    x, y = torch.randn(16, 4), torch.randint(3, (16,))
     fixed = FixedReparamNoise()
-    loss_a = elbo.loss_and_grads(model, fixed(guide), x)      # draws kappa
-    loss_b = elbo.loss_and_grads(model, fixed(guide), x[:8])  # same kappa
+    loss_a = elbo.loss_and_grads(model, fixed(guide), x, y)            # draws kappa
+    kappa = {name: noise.clone() for name, noise in fixed.noise.items()}
+    loss_b = elbo.loss_and_grads(model, fixed(guide), x[:8], y[:8])    # same kappa
+    assert set(kappa) == {"net.weight_unconstrained", "net.bias_unconstrained"}  # guide sites
+    assert all(torch.equal(fixed.noise[name], kappa[name]) for name in kappa)
 """
 
 from __future__ import annotations

@@ -7,12 +7,18 @@ modules), saves its buffers before their first update, and lets exactly one chos
 
 Usage::
 
+    import torch
+    from pyro_otmdr.model_space.running_stats import RunningStatsGuard
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))   # train mode
+    x = torch.randn(8, 4)
     with RunningStatsGuard() as guard:
-        ascent_pass()           # updates are undone at the end
+        net(x[:4])              # an ascent pass: its update is undone at the end
         guard.begin_counted()
-        full_batch_pass()       # this pass's update is kept
+        net(x)                  # the full batch's pass: this update is kept
         guard.end_counted()
-        another_pass()          # undone
+        net(x[4:])              # undone
+    assert net[1].num_batches_tracked == 1      # one update per step
 """
 
 from __future__ import annotations

@@ -6,11 +6,13 @@ what it buys or to rule it out while debugging, without patching anything.
 
 Usage::
 
+    from pyro.infer import Trace_ELBO
     from pyro_otmdr import OTMDR
     from pyro_otmdr.model_space import StepSavings
 
     loss = OTMDR(Trace_ELBO(), rho=0.05, savings=StepSavings(loss_on_device=False))
-    reference = OTMDR(Trace_ELBO(), rho=0.05, savings=StepSavings.none())
+    reference = OTMDR(Trace_ELBO(), rho=0.05, savings=StepSavings.none())   # every saving off
+    assert not any(getattr(reference.engine.savings, name) for name in StepSavings.names())
 """
 
 from __future__ import annotations

@@ -12,10 +12,19 @@ plate, a plate over the batch with ``size=len(x)``, a ``pyro.factor`` term) make
 
 Usage::
 
+    import torch
+    from pyro.infer import Trace_ELBO
+    from pyro.infer.autoguide import AutoNormal
+    from pyro_otmdr.bayes import bayesian
+    from pyro_otmdr.model_space.subsampling import PlateScaling
+
+    model = bayesian(torch.nn.Linear(4, 3), num_data=100)   # plate(size=100, subsample_size=8)
+    guide, elbo = AutoNormal(model), Trace_ELBO()
+    x, y = torch.randn(8, 4), torch.randint(3, (8,))
     scaling = PlateScaling(batch_size=len(x))
     with scaling:
         elbo.loss_and_grads(model, guide, x, y)
-    scaling.holds  # True for the plate idiom
+    assert scaling.holds  # True for the plate idiom
 """
 
 from __future__ import annotations

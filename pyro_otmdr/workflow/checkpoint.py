@@ -21,11 +21,29 @@ autoguide draws from the global RNG, and loading restores the RNG last.
 
 Usage::
 
-    save_checkpoint("run/last.pt", optim=optim, loss=loss, epoch=epoch, step=step)
-    ...
-    guide(x[:2])                                    # set the autoguide up, then load
+    import pyro
+    import torch
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoNormal
+    from pyro_otmdr import OTMDR, load_checkpoint, save_checkpoint
+    from pyro_otmdr.bayes import bayesian
+
+    def build():                                    # the same model, guide, optimiser and loss
+        model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+        optim, loss = pyro.optim.Adam({"lr": 1e-2}), OTMDR(Trace_ELBO(), rho=0.05)
+        return model, AutoNormal(model), optim, loss
+
+    x, y = torch.randn(8, 4), torch.randint(3, (8,))
+    model, guide, optim, loss = build()
+    SVI(model, guide, optim, loss).step(x, y)
+    save_checkpoint("run/last.pt", optim=optim, loss=loss, epoch=0, step=1)
+
+    pyro.clear_param_store()                        # later, in a new process
+    model, guide, optim, loss = build()
+    guide(x[:2], y[:2])                             # set the autoguide up, then load
     ckpt = load_checkpoint("run/last.pt", optim=optim, loss=loss)
     start_epoch, step = ckpt.epoch + 1, ckpt.step
+    assert (start_epoch, step) == (1, 1)
 """
 
 from __future__ import annotations
@@ -111,7 +129,19 @@ def save_checkpoint(
 
     Usage::
 
-        save_checkpoint("run/last.pt", optim=svi.optim, loss=svi.loss, epoch=3, step=1200)
+        import pyro
+        import torch
+        from pyro.infer import SVI, Trace_ELBO
+        from pyro.infer.autoguide import AutoNormal
+        from pyro_otmdr import OTMDR, save_checkpoint
+        from pyro_otmdr.bayes import bayesian
+
+        model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+        svi = SVI(model, AutoNormal(model), pyro.optim.Adam({"lr": 1e-2}),
+                  loss=OTMDR(Trace_ELBO(), rho=0.05))
+        svi.step(torch.randn(8, 4), torch.randint(3, (8,)))
+        path = save_checkpoint("run/last.pt", optim=svi.optim, loss=svi.loss, epoch=3, step=1200)
+        assert path.is_file()
     """
     _check_count("epoch", epoch)
     _check_count("step", step)
@@ -269,8 +299,20 @@ def load_checkpoint(
 
     Usage::
 
+        import pyro
+        import torch
+        from pyro.infer import SVI, Trace_ELBO
+        from pyro.infer.autoguide import AutoNormal
+        from pyro_otmdr import OTMDR, load_checkpoint, save_checkpoint
+        from pyro_otmdr.bayes import bayesian
+
+        model = bayesian(torch.nn.Linear(4, 3), num_data=8)
+        svi = SVI(model, AutoNormal(model), pyro.optim.Adam({"lr": 1e-2}),
+                  loss=OTMDR(Trace_ELBO(), rho=0.05))
+        svi.step(torch.randn(8, 4), torch.randint(3, (8,)))
+        save_checkpoint("run/last.pt", optim=svi.optim, loss=svi.loss, epoch=3, step=1200)
         ckpt = load_checkpoint("run/last.pt", optim=svi.optim, loss=svi.loss)
-        print(ckpt.epoch, ckpt.step)
+        print(ckpt.epoch, ckpt.step)   # 3 1200
     """
     path = Path(path)
     contents = _read(path)

@@ -70,9 +70,13 @@ class DataSplits:
 
     Usage::
 
+        from pyro_otmdr.workflow.data import load_dataset
+
         splits = load_dataset("digits")
         x_train, y_train = splits.train.tensors        # digits are TensorDatasets
         train, val, test = splits.loaders(batch_size=128)
+        x, y = next(iter(train))
+        assert x.shape == (128, *splits.input_shape) and splits.num_classes == 10
     """
 
     name: str
@@ -139,8 +143,14 @@ def load_digits_split(
 
     Usage::
 
+        import torch
+        from pyro_otmdr.workflow.data import load_digits_split
+
         splits = load_digits_split(seed=0)
         x_train, y_train = splits.train.tensors    # (N, 64) float32, (N,) int64
+        assert x_train.shape[1:] == (64,) and x_train.dtype == torch.float32
+        assert x_train.min() >= 0 and x_train.max() <= 1       # the box [0, 1]
+        images = load_digits_split(as_images=True).train.tensors[0]   # (N, 1, 8, 8)
     """
     if not 0.0 < test_fraction < 1.0 or not 0.0 <= val_fraction < 1.0:
         raise ValueError("test_fraction must lie in (0, 1) and val_fraction in [0, 1)")
@@ -243,8 +253,11 @@ def load_cifar(
 
     Usage::
 
-        splits = load_cifar("cifar10", data_dir="data", download=True)
+        from pyro_otmdr.workflow.data import load_cifar
+
+        splits = load_cifar("cifar10", data_dir="data", download=True)   # 170 MB, once
         train, _, test = splits.loaders(batch_size=128, num_workers=4)
+        assert splits.input_shape == (3, 32, 32) and len(splits.test) == 10_000
     """
     if name not in _CIFAR_CLASSES:
         raise ValueError(f"unknown CIFAR name {name!r}; choose 'cifar10' or 'cifar100'")
@@ -314,7 +327,11 @@ def load_fakedata(
 
     Usage::
 
-        splits = load_fakedata(num_classes=100, train_size=50_000)
+        from pyro_otmdr.workflow.data import load_fakedata
+
+        splits = load_fakedata(num_classes=100, train_size=50_000)   # images made on access
+        image, label = splits.train[0]
+        assert image.shape == (3, 32, 32) and 0 <= label < 100 and len(splits.train) == 50_000
     """
     if min(num_classes, train_size, test_size, *image_size) < 1:
         raise ValueError("num_classes, train_size, test_size and image_size must be positive")
@@ -360,7 +377,13 @@ def load_dataset(
 
     Usage::
 
-        splits = load_dataset("cifar100", data_dir="~/data", download=True, val_size=5000)
+        from pyro_otmdr.workflow.data import load_dataset
+
+        digits = load_dataset("digits", val_fraction=0.1)
+        fake = load_dataset("fakedata", num_classes=100, train_size=64, test_size=16)
+        assert (digits.num_classes, fake.num_classes) == (10, 100) and fake.val is None
+        # CIFAR the same way, once on disk (download=True fetches it):
+        # load_dataset("cifar100", data_dir="~/data", download=True, val_size=5000)
     """
     if name == "digits":
         return load_digits_split(seed=seed, **kwargs)

@@ -14,13 +14,26 @@ full disk is an ordinary error.
 
 Usage::
 
-    write_text(Path("runs/demo/history.json"), json.dumps(history))
-    with atomic_path(Path("runs/demo/shift.png")) as tmp:
+    import json
+    from pathlib import Path
+    from matplotlib.figure import Figure
+    from pyro_otmdr.workflow.outputs import (atomic_path, read_verified, staged, write_text,
+                                             write_verified)
+
+    run = Path("runs/demo")
+    run.mkdir(parents=True)
+    write_text(run / "history.json", json.dumps([1.25, 0.75]))
+    figure = Figure()
+    figure.add_subplot().plot([1.25, 0.75])
+    with atomic_path(run / "loss.png") as tmp:    # .loss.png.XXXXXXXX.tmp.png: PNG
         figure.savefig(tmp)
-    with staged(Path("runs/demo")) as folder:
-        result.plot_calibration(folder / "calibration.png")   # and calibration_pava.png
-    write_verified(Path("runs/demo/tree.nc"), payload)
-    payload = read_verified(Path("runs/demo/tree.nc"))
+    with staged(run) as folder:                   # e.g. result.plot_calibration(folder / ...)
+        (folder / "a.txt").write_text("a")
+        (folder / "b.txt").write_text("b")        # both move into runs/demo, or neither
+    write_verified(run / "tree.nc", b"payload")   # and tree.nc.sha256 beside it
+    assert read_verified(run / "tree.nc") == b"payload"
+    assert sorted(p.name for p in run.iterdir()) == [
+        "a.txt", "b.txt", "history.json", "loss.png", "tree.nc", "tree.nc.sha256"]
 """
 
 from __future__ import annotations

@@ -6,13 +6,27 @@ and times every step. :func:`fit` is the same loop over tensors shuffled by a se
 
 Usage::
 
+    import pyro
+    import torch
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide import AutoNormal
+    from torch.utils.data import DataLoader, TensorDataset
+    from pyro_otmdr import OTMDR
+    from pyro_otmdr.bayes import bayesian
+    from pyro_otmdr.workflow.training import fit, train
+
+    x_train, y_train = torch.randn(64, 4), torch.randint(3, (64,))
+    model = bayesian(torch.nn.Linear(4, 3), num_data=len(x_train))
+    guide = AutoNormal(model)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), loss=OTMDR(Trace_ELBO(), rho=0.05))
-    losses = fit(svi, x_train, y_train, epochs=20, batch_size=128, seed=0)
+    losses = fit(svi, x_train, y_train, epochs=2, batch_size=32, seed=0)   # a loss per epoch
 
     scheduler = pyro.optim.CosineAnnealingLR({"optimizer": torch.optim.SGD,
-                                              "optim_args": {"lr": 0.1}, "T_max": 20})
+                                              "optim_args": {"lr": 0.1}, "T_max": 2})
     svi = SVI(model, guide, scheduler, loss=OTMDR(Trace_ELBO(), rho=0.05))
-    stats = train(svi, lambda epoch: loader, epochs=20, scheduler=scheduler)
+    loader = DataLoader(TensorDataset(x_train, y_train), batch_size=32, shuffle=True)
+    stats = train(svi, lambda epoch: loader, epochs=2, scheduler=scheduler)
+    assert len(losses) == len(stats) == 2 and stats[-1].steps == 2   # EpochStats per epoch
 """
 
 from __future__ import annotations

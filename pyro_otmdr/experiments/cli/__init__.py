@@ -21,7 +21,7 @@ and writes a table, a figure and a CSV.
 Only the parser is imported to parse the flags; a command's module (and torch, Pyro, ArviZ) is
 imported when the command runs, so ``otmdr --help`` answers at once.
 
-Usage::
+Command line::
 
     otmdr train --guide normal --method otmdr --epochs 30 --out runs/bnn
     otmdr evaluate runs/bnn --ood fakedata --shift gaussian_noise,rotation

@@ -3,7 +3,7 @@
 Writes ``robustness.json`` and ``robustness.png`` and adds the group ``robustness`` to the run's
 ``tree.nc``.
 
-Usage::
+Command line::
 
     otmdr attack runs/bnn --threat w2-linf,linf --budget 0.02,0.05,0.1
 """

@@ -23,7 +23,7 @@ Writes ``results.md`` (the command, the chosen-rho table, then every radius), ``
 ``compare.csv`` (one row per run) and ``compare.png`` (one panel per metric, methods side by
 side per guide, mean and standard error over seeds).
 
-Usage::
+Command line::
 
     otmdr compare --guides delta,normal --methods svi,sam,otmdr --rho 0.01,0.05 --seeds 3
     otmdr compare --guides delta --methods svi,otmdr --data-robust none,trades,armor --seeds 3
@@ -236,7 +236,13 @@ def select_rho(rows: Sequence[dict]) -> dict[Cell, float | None]:
 
     Usage::
 
-        select_rho(rows)[("delta", "otmdr", "none")]       # e.g. 0.02
+        from pyro_otmdr.experiments.cli.compare import select_rho
+
+        rows = [
+            {"guide": "delta", "method": "otmdr", "rho": rho, "seed": 0, "val_nll": nll}
+            for rho, nll in ((0.01, 0.31), (0.02, 0.29), (0.05, 0.35))
+        ]
+        assert select_rho(rows)[("delta", "otmdr", "none")] == 0.02   # the lowest val NLL
     """
     chosen: dict[Cell, float | None] = {}
     for key in dict.fromkeys(_cell(r) for r in rows):
@@ -298,7 +304,15 @@ def markdown_table(
 
     Usage::
 
-        print(markdown_table(rows, ["delta", "normal"], ["svi", "otmdr"]))
+        from pyro_otmdr.experiments.cli.compare import markdown_table
+
+        rows = [
+            {"guide": "delta", "method": method, "rho": rho, "seed": seed, "accuracy": acc,
+             "nll": 0.3, "brier": 0.1, "ece": 0.02, "step_ms": 5.0}
+            for method, rho, acc in (("svi", None, 0.95), ("otmdr", 0.05, 0.96))
+            for seed in (0, 1)
+        ]
+        print(markdown_table(rows, ["delta"], ["svi", "otmdr"]))  # mean +- std over the seeds
     """
     chosen = select_rho(rows) if chosen is None else chosen
     columns = _columns(rows)

@@ -4,7 +4,7 @@ Writes ``evaluation-<split>[-ood-<name>].json`` and its calibration plots; with 
 ``shift.json`` and ``shift.png`` (accuracy, NLL and ECE against severity, one line per shift)
 and the group ``shift`` of the run's ``tree.nc``.
 
-Usage::
+Command line::
 
     otmdr evaluate runs/bnn --split val
     otmdr evaluate runs/bnn --ood fakedata --shift gaussian_noise,rotation --severity 1,3,5

@@ -7,8 +7,10 @@ and Pyro, is imported only when the command runs.
 
 Usage::
 
+    from pyro_otmdr.experiments.cli.parser import build_parser
+
     args = build_parser().parse_args(["train", "--guide", "delta", "--epochs", "5"])
-    args.command, args.guide     # ('train', 'delta')
+    assert (args.command, args.guide, args.epochs) == ("train", "delta", 5)
 """
 
 from __future__ import annotations

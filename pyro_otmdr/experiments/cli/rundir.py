@@ -5,6 +5,12 @@ same way by ``train``, ``evaluate``, ``attack`` and ``compare``.
 
 Usage::
 
+    from pathlib import Path
+    from pyro_otmdr.experiments.cli import main
+    from pyro_otmdr.experiments.cli.rundir import load_run, write_json
+
+    main(["train", "--epochs", "1", "--hidden", "16", "--out", "runs/demo", "--quiet",
+          "--device", "cpu"])
     experiment, checkpoint = load_run(Path("runs/demo"), device="cpu")
     write_json(Path("runs/demo/extra.json"), {"epoch": checkpoint.epoch})
 """

@@ -9,8 +9,12 @@ when the directory cannot be written.
 
 Usage::
 
+    from pathlib import Path
+    from pyro_otmdr.experiments.cli.runlock import run_lock
+
+    Path("runs/demo").mkdir(parents=True, exist_ok=True)
     with run_lock(Path("runs/demo"), "evaluate"):
-        ...   # read and write the run directory
+        pass  # read and write the run directory; another otmdr process is refused meanwhile
 """
 
 from __future__ import annotations

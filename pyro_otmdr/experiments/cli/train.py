@@ -7,7 +7,7 @@ removes that run's files first. ``--skip-nonfinite`` skips a batch whose loss is
 Ctrl-C is a normal way to stop: the command says where the last checkpoint is and prints the
 exact ``otmdr train --resume RUN_DIR`` command, and exits with status 130.
 
-Usage::
+Command line::
 
     otmdr train --guide normal --method otmdr --epochs 30 --out runs/bnn
     otmdr train --guide delta --method otmdr --data-robust trades --eps 0.1 --beta 6

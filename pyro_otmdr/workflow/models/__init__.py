@@ -109,8 +109,12 @@ def build_model(
 
     Usage::
 
+        import torch
+        from pyro_otmdr.workflow.models import build_model
+
         net = build_model("resnet18", num_classes=10)
         net = build_model("mlp", num_classes=10, in_features=64, hidden=(100, 100))
+        assert net(torch.rand(5, 64)).shape == (5, 10)
         net = build_model("wrn", num_classes=100, depth=16, widen_factor=8)
     """
     if name not in _REGISTRY:

@@ -51,8 +51,12 @@ class CifarResNet(nn.Module):
 
     Usage::
 
-        net = CifarResNet((2, 2, 2, 2), num_classes=10)
-        logits = net(torch.randn(2, 3, 32, 32))   # (2, 10)
+        import torch
+        from pyro_otmdr.workflow.models import CifarResNet
+
+        net = CifarResNet((2, 2, 2, 2), num_classes=10, width=16)   # ResNet-18 at 1/4 width
+        logits = net(torch.randn(2, 3, 32, 32))
+        assert logits.shape == (2, 10)
     """
 
     def __init__(

@@ -26,8 +26,13 @@ class MLP(nn.Sequential):
 
     Usage::
 
+        import torch
+        from pyro_otmdr.workflow.models import MLP
+
         net = MLP(64, 10, hidden=(100, 100))
-        logits = net(torch.randn(5, 64))   # (5, 10)
+        logits = net(torch.randn(5, 64))
+        assert logits.shape == (5, 10)
+        assert net(torch.randn(5, 1, 8, 8)).shape == (5, 10)   # images are flattened
     """
 
     def __init__(
@@ -69,8 +74,12 @@ class SmallCNN(nn.Module):
 
     Usage::
 
+        import torch
+        from pyro_otmdr.workflow.models import SmallCNN
+
         net = SmallCNN(1, 10)
-        logits = net(torch.randn(5, 1, 8, 8))   # (5, 10)
+        logits = net(torch.randn(5, 1, 8, 8))
+        assert logits.shape == (5, 10)
     """
 
     def __init__(

@@ -53,8 +53,12 @@ class WideResNet(nn.Module):
 
     Usage::
 
-        net = WideResNet(depth=16, widen_factor=4, num_classes=10)
-        logits = net(torch.randn(2, 3, 32, 32))   # (2, 10)
+        import torch
+        from pyro_otmdr.workflow.models import WideResNet
+
+        net = WideResNet(depth=16, widen_factor=4, num_classes=10)   # WRN-16-4
+        logits = net(torch.randn(2, 3, 32, 32))
+        assert logits.shape == (2, 10)
     """
 
     def __init__(
