@@ -1,9 +1,11 @@
 """What an ensemble guide is, and running a loss once per member: one definition for the package.
 
-An ensemble guide has an ``int`` attribute ``num_members`` and a context manager
-``member(index)`` that makes member ``index`` the guide inside it
-(:class:`~pyro_otmdr.AutoDeltaEnsemble` is one). Every wrapper ELBO, the posterior draws and the
-tooling ask :func:`is_ensemble`.
+An ensemble guide has an ``int`` attribute ``num_members`` and at least one of: a context
+manager ``member(index)`` that makes member ``index`` the guide inside it (what training needs),
+and a method ``member_values(index, *args) -> dict`` of member ``index``'s latent values (what
+the posterior draws need). :class:`~pyro_otmdr.AutoDeltaEnsemble` has both. Every wrapper ELBO,
+the posterior draws and the tooling ask :func:`is_ensemble`; a use that needs the part a guide
+lacks says so (:func:`members_of`).
 
 Usage::
 
@@ -28,12 +30,33 @@ from typing import Any
 import torch
 from pyro import poutine
 
-__all__ = ["is_ensemble", "over_members", "sum_over_members"]
+__all__ = ["is_ensemble", "members_of", "over_members", "sum_over_members"]
 
 
 def is_ensemble(guide: object) -> bool:
-    """Whether ``guide`` is an ensemble guide (has ``num_members`` and ``member``)."""
-    return isinstance(getattr(guide, "num_members", None), int) and hasattr(guide, "member")
+    """Whether ``guide`` is an ensemble guide: an ``int`` ``num_members`` and ``member`` or
+    ``member_values``."""
+    members = getattr(guide, "num_members", None)
+    if not isinstance(members, int) or isinstance(members, bool):
+        return False
+    return hasattr(guide, "member") or hasattr(guide, "member_values")
+
+
+def members_of(guide: Any, needs: str) -> int:
+    """The number of members of the ensemble ``guide``, checking that it has ``needs``
+    (``"member"`` to train, ``"member_values"`` to draw) and at least one member.
+
+    :raises ValueError: naming what is missing.
+    """
+    members = guide.num_members
+    if members < 1 or not callable(getattr(guide, needs, None)):
+        what = "member(index)" if needs == "member" else "member_values(index, *args)"
+        raise ValueError(
+            f"an ensemble guide needs num_members >= 1 and a method {what} here; "
+            f"got num_members={members}"
+            + ("" if callable(getattr(guide, needs, None)) else f" and no {needs}")
+        )
+    return members
 
 
 def over_members(guide: Any, run: Callable[[], Any]) -> Any:
@@ -56,7 +79,7 @@ def over_members(guide: Any, run: Callable[[], Any]) -> Any:
     if not is_ensemble(guide):
         return run()
     total = 0.0
-    for index in range(guide.num_members):
+    for index in range(members_of(guide, "member")):
         with guide.member(index):
             total = total + run()
     return total
@@ -71,7 +94,7 @@ def sum_over_members(guide: Any, loss_and_grads: Callable[[], float]) -> float:
     """
     total = 0.0
     summed: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> its gradient over members so far
-    for index in range(guide.num_members):
+    for index in range(members_of(guide, "member")):
         for p in summed:
             p.grad = None
         with guide.member(index), poutine.trace(param_only=True) as capture:

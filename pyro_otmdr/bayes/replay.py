@@ -3,7 +3,7 @@
 A *draw* is one set of latent values to condition the model on:
 
 * ``AutoDelta`` (and subclasses): one draw, the point estimate;
-* an ensemble guide (an ``int`` attribute ``num_members`` and a method
+* an ensemble guide (:func:`~pyro_otmdr.bayes.members.is_ensemble`, with a method
   ``member_values(m, *args) -> dict``): every member once;
 * any other guide (``AutoNormal``, ...): ``num_samples`` draws of its latent sites.
 
@@ -39,6 +39,8 @@ import torch
 from pyro.infer.autoguide import AutoDelta
 from pyro.poutine.util import site_is_subsample
 
+from .members import is_ensemble, members_of
+
 __all__ = [
     "categorical_of",
     "draw_kind",
@@ -68,14 +70,8 @@ def draw_kind(guide: Callable, num_samples: int) -> tuple[str, int]:
     """``("delta", 1)``, ``("ensemble", num_members)`` or ``("sample", num_samples)``."""
     if isinstance(guide, AutoDelta):
         return "delta", 1
-    members = getattr(guide, "num_members", None)
-    if isinstance(members, int) and not isinstance(members, bool):
-        if members < 1 or not callable(getattr(guide, "member_values", None)):
-            raise ValueError(
-                "an ensemble guide needs num_members >= 1 and a method member_values(m, *args); "
-                f"got num_members={members}"
-            )
-        return "ensemble", members
+    if is_ensemble(guide):
+        return "ensemble", members_of(guide, "member_values")
     return "sample", num_samples
 
 

@@ -8,7 +8,7 @@
 * refuse what cannot be wrapped (not an ELBO, a jit ELBO: :func:`check_wrappable`);
 * delegate ``loss``, ``differentiable_loss`` and Pyro's ``_get_trace`` to the inner ELBO;
 * run a loss once per member of an ensemble guide (:meth:`~WrapperELBO.per_member`), the one
-  definition of an ensemble being :func:`~pyro_otmdr.bayes.ensemble.is_ensemble`;
+  definition of an ensemble being :func:`~pyro_otmdr.bayes.members.is_ensemble`;
 * nest ``state_dict``/``load_state_dict``: a wrapper's own state, with the inner ELBO's under
   ``"elbo"`` when it has one, so one call saves the whole stack.
 

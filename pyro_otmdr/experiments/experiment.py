@@ -26,7 +26,7 @@ from pyro.optim import PyroOptim
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..bayes.bnn import BayesianClassifier, bayesian
-from ..bayes.members import is_ensemble
+from ..bayes.members import is_ensemble, members_of
 from ..workflow.data import DATASET_NAMES, DataSplits, load_dataset, load_fakedata
 from ..workflow.models import Normalize, build_model
 from ..workflow.training import shuffled_batches
@@ -180,7 +180,7 @@ def warm_up(experiment: Experiment) -> None:
     x, y = (t[:2].to(experiment.device) for t in experiment.split_tensors("train"))
     guide = experiment.guide
     if is_ensemble(guide):
-        for index in range(guide.num_members):
+        for index in range(members_of(guide, "member")):
             with guide.member(index):
                 guide(x, y)
     else:
