@@ -30,7 +30,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pyro_otmdr"
 LAYERS = ["bayes", "model_space", "data_space", "evaluation", "workflow", "experiments"]
-HELPERS = {"_deprecated"}  # modules at the root that layers may use: not re-exports
+HELPERS = {"_deprecated", "_lazy"}  # modules at the root that layers may use: not re-exports
 DEPRECATION_MARK = "moved(__name__,"
 PYRO_FREE = {
     "model_space." + m

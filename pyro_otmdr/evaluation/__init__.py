@@ -4,6 +4,7 @@
 * :mod:`.predictive`: :func:`evaluate`, the posterior predictive over a test set, in chunks;
 * :mod:`.result`: :class:`EvaluationResult` and its ArviZ ``DataTree``;
 * :mod:`.robustness`: :func:`robustness`, clean and robust accuracy per threat and budget;
+* :mod:`.threats`: the threats, registered once (imports no torch);
 * :mod:`.plots`: the reliability diagram and ArviZ's PAV calibration plot.
 
 Usage::
@@ -23,8 +24,26 @@ Usage::
     assert report.robust_accuracy["w2-linf"][-1] <= report.clean_accuracy
 """
 
-from .predictive import evaluate
-from .result import EvaluationResult
-from .robustness import RobustnessReport, robustness
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
+
+#: Each public name and its module, loaded on first use: ``pyro_otmdr.evaluation.threats``
+#: imports no torch.
+_HOMES = {
+    "EvaluationResult": "result",
+    "RobustnessReport": "robustness",
+    "evaluate": "predictive",
+    "robustness": "robustness",
+}
 
 __all__ = ["EvaluationResult", "RobustnessReport", "evaluate", "robustness"]
+
+__getattr__, __dir__ = lazy_names(__name__, _HOMES, __all__)
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from .predictive import evaluate
+    from .result import EvaluationResult
+    from .robustness import RobustnessReport, robustness

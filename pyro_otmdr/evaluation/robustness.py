@@ -39,7 +39,6 @@ Usage::
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,16 +48,9 @@ import torch
 
 from ..data_space import pgd, posterior_predictive, w_pgd, w_sensitivity
 from ..data_space.common import attack_mode, check_choice, check_positive
+from .threats import THREATS
 
-__all__ = ["THREATS", "RobustnessReport", "robustness"]
-
-#: threat -> (Wasserstein order, cost); order ``inf`` is the pointwise PGD attack.
-THREATS: dict[str, tuple[float, str]] = {
-    "w2-linf": (2.0, "linf"),
-    "w2-l2": (2.0, "l2"),
-    "linf": (math.inf, "linf"),
-    "l2": (math.inf, "l2"),
-}
+__all__ = ["THREATS", "RobustnessReport", "robustness", "run_pgd", "run_w_pgd"]
 
 
 @dataclass
@@ -218,6 +210,11 @@ def _check(threats: Sequence[str], budgets: Sequence[float], steps: int) -> None
     check_positive("steps", steps, int)
 
 
+def _tick(bar) -> Callable[..., None]:
+    """An attack's ``callback``: one iterate done."""
+    return lambda *_: bar.update()
+
+
 def _progress(total: int, progress: bool | None):
     """A tqdm bar; ``progress=None`` shows it only on a terminal."""
     from tqdm.auto import tqdm
@@ -226,14 +223,36 @@ def _progress(total: int, progress: bool | None):
     return tqdm(total=total, desc="attack", unit="it", disable=disable, leave=False)
 
 
-def _attack(predict, x, y, threat, budget, options, callback):
-    """One attack of the report: PGD for a pointwise threat, W-PGD otherwise."""
-    order, cost = THREATS[threat]
-    common = dict(steps=options["steps"], batch_size=options["batch_size"], callback=callback)
-    if math.isinf(order):
-        restarts, loss = options["restarts"], options["pgd_loss"]
-        return pgd(predict, x, y, eps=budget, norm=cost, loss=loss, restarts=restarts, **common)
-    return w_pgd(predict, x, y, delta=budget, p=order, cost=cost, loss=options["w_loss"], **common)
+def run_pgd(predict, x, y, budget, threat, options, callback):
+    """A pointwise threat's attack: PGD in the ``threat.cost`` ball of radius ``budget``."""
+    return pgd(
+        predict,
+        x,
+        y,
+        eps=budget,
+        norm=threat.cost,
+        loss=options["pgd_loss"],
+        restarts=options["restarts"],
+        steps=options["steps"],
+        batch_size=options["batch_size"],
+        callback=callback,
+    )
+
+
+def run_w_pgd(predict, x, y, budget, threat, options, callback):
+    """A Wasserstein threat's attack: W-PGD in the ``W_order`` ball of radius ``budget``."""
+    return w_pgd(
+        predict,
+        x,
+        y,
+        delta=budget,
+        p=threat.order,
+        cost=threat.cost,
+        loss=options["w_loss"],
+        steps=options["steps"],
+        batch_size=options["batch_size"],
+        callback=callback,
+    )
 
 
 def robustness(
@@ -316,22 +335,18 @@ def robustness(
     return report
 
 
-def _iterates(threat: str, options: dict) -> int:
-    pointwise = math.isinf(THREATS[threat][0])
-    return options["steps"] * (options["restarts"] if pointwise else 1)
-
-
 def _run(predict, fresh, x, y, threats, budgets, options, progress) -> RobustnessReport:
     """Every threat at every budget, then Upsilon per threat."""
     size = options["batch_size"]
     keys = ("robust_accuracy", "robust_accuracy_fresh", "distance", "max_loss")
     out: dict[str, dict[str, list[float]]] = {k: {t: [] for t in threats} for k in keys}
-    total = sum(_iterates(t, options) for t in threats) * len(budgets)
+    total = sum(THREATS[t].iterates(options) for t in threats) * len(budgets)
     with _progress(total, progress) as bar:
         for budget in budgets:
             for threat in threats:
                 bar.set_postfix_str(f"{threat} {budget:g}")
-                result = _attack(predict, x, y, threat, budget, options, lambda *_: bar.update())
+                attack = THREATS[threat].runner()
+                result = attack(predict, x, y, budget, THREATS[threat], options, _tick(bar))
                 out["robust_accuracy"][threat].append(result.robust_accuracy)
                 out["distance"][threat].append(result.distance)
                 out["max_loss"][threat].append(result.max_loss)
@@ -340,7 +355,7 @@ def _run(predict, fresh, x, y, threats, budgets, options, progress) -> Robustnes
                     out["robust_accuracy_fresh"][threat].append(accuracy)
     upsilon = {}
     for threat in threats:
-        order, cost = THREATS[threat]
+        order, cost = THREATS[threat].order, THREATS[threat].cost
         upsilon[threat] = w_sensitivity(predict, x, y, p=order, cost=cost, batch_size=size).upsilon
     return RobustnessReport(
         threats=threats,

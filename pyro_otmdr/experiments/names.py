@@ -1,9 +1,10 @@
 """The names an experiment is built from, as plain constants: no torch, no Pyro.
 
 The ``otmdr`` parser offers these as choices, so it needs them without importing the libraries
-that build the objects (``otmdr --help`` stays fast). The modules that build the objects use the
-same constants; ``tests/experiments/test_names.py`` checks that the lists agree with the
-registries of the lower layers (attack threats, distribution shifts).
+that build the objects (``otmdr --help`` stays fast). The threats come from their torch-free
+registry (:mod:`pyro_otmdr.evaluation.threats`); the model, data-set and shift names are copies
+of registries that live beside torch code, and ``tests/experiments/test_names.py`` checks that
+they agree.
 
 Usage::
 
@@ -13,6 +14,8 @@ Usage::
 """
 
 from __future__ import annotations
+
+from ..evaluation.threats import THREATS
 
 __all__ = [
     "DATASET_NAMES",
@@ -74,7 +77,8 @@ SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 #: The paper's radius per guide, used when ``rho`` is not given.
 DEFAULT_RHO: dict[str, float] = {"delta": 0.05, "ensemble": 0.05, "normal": 0.005}
 
-#: The threats of :func:`pyro_otmdr.robustness`.
-THREAT_NAMES: tuple[str, ...] = ("w2-linf", "w2-l2", "linf", "l2")
+#: The threats of :func:`pyro_otmdr.robustness` (registered in
+#: :data:`pyro_otmdr.evaluation.threats.THREATS`, a module without torch).
+THREAT_NAMES: tuple[str, ...] = tuple(THREATS)
 #: The shifts of :mod:`pyro_otmdr.evaluation.shift`.
 SHIFT_NAMES: tuple[str, ...] = ("gaussian_noise", "gaussian_blur", "rotation", "contrast")

@@ -78,3 +78,30 @@ def test_bad_report_arguments(kwargs, message):
     net, x, y = linear_problem()
     with pytest.raises(ValueError, match=message):
         robustness(net, None, x, y, **kwargs)
+
+
+def shrink_to_the_mean(predict, x, y, budget, threat, options, callback):
+    """A registered attack of the test below: every input moved halfway to the batch mean."""
+    x_adv = (x + (x.mean(0, keepdim=True) - x).clamp(-budget, budget) / 2).clamp(0, 1)
+    for i in range(threat.iterates(options)):
+        callback(i, x_adv)
+    result = pgd(predict, x, y, eps=budget, steps=1, batch_size=options["batch_size"])
+    result.x_adv = x_adv
+    return result
+
+
+def test_a_new_threat_is_one_registration_line(monkeypatch):
+    from pyro_otmdr.evaluation.threats import THREATS, Threat
+
+    attack = f"{__name__}:shrink_to_the_mean"
+    monkeypatch.setitem(THREATS, "shrink", Threat(float("inf"), "linf", attack))
+    x, y, net = _plain_problem()
+    report = robustness(net, None, x, y, threats=("shrink", "linf"), budgets=(0.1,), steps=2)
+    assert report.threats == ["shrink", "linf"] and len(report.robust_accuracy["shrink"]) == 1
+    assert report.upsilon["shrink"] == report.upsilon["linf"]  # the same geometry
+
+
+def _plain_problem():
+    torch.manual_seed(0)
+    x, y = torch.rand(32, 4), torch.randint(3, (32,))
+    return x, y, torch.nn.Linear(4, 3)

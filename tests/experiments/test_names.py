@@ -2,7 +2,6 @@
 
 from dataclasses import fields, replace
 
-from pyro_otmdr.evaluation.robustness import THREATS
 from pyro_otmdr.evaluation.shift import SHIFTS
 from pyro_otmdr.experiments import builders, config, names
 from pyro_otmdr.model_space import DEFAULT_NOISE_STD
@@ -12,7 +11,6 @@ from pyro_otmdr.workflow import data, models
 def test_names_match_the_registries():
     assert names.MODEL_NAMES == models.MODEL_NAMES
     assert names.DATASET_NAMES == data.DATASET_NAMES
-    assert tuple(THREATS) == names.THREAT_NAMES
     assert names.SHIFT_NAMES == SHIFTS
     assert config.ExperimentConfig().noise_std == DEFAULT_NOISE_STD
 

@@ -52,3 +52,13 @@ def test_lazy_names_are_listed_and_resolve():
     assert experiments.train_experiment is runs.train_experiment
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         pyro_otmdr.nothing  # noqa: B018
+
+
+def test_the_evaluation_layer_loads_lazily_and_keeps_its_function_names():
+    assert _imported_after("import pyro_otmdr.evaluation.threats") == []
+    probe = (
+        "import pyro_otmdr.evaluation.robustness\n"
+        "from pyro_otmdr.evaluation import robustness\n"
+        "assert callable(robustness) and robustness.__name__ == 'robustness'"
+    )
+    assert "torch" in _imported_after(probe)
