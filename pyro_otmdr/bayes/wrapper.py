@@ -81,6 +81,13 @@ class PreparesStep(Protocol):
     A sharpness-aware step calls ``prepare_step`` before its passes and runs every pass on what
     it returns; ``per_example_mean`` says whether a batch's loss is a mean over its examples
     (what lets two halves average to the whole batch).
+
+    What a loss prepares travels with the batch: ``prepare_step`` returns the arguments with
+    keyword arguments of its own added, tensors whose leading dimension is the batch's (a
+    data-robust loss adds its adversarial inputs under
+    ``pyro_otmdr.data_space.elbo.PREPARED_KEY``). The step splits every tensor argument row for
+    row, so each half batch carries its own rows, and hands them back to the loss, which removes
+    its keywords before the model sees the arguments. The step never reads them.
     """
 
     @property
