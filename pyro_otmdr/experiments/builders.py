@@ -130,7 +130,7 @@ def make_loss(config: ExperimentConfig) -> ELBO:
     if config.method == "svi":
         return base
     if config.method == "sam":
-        return SAM(base, rho=rho)
+        return SAM(base, rho=rho, geometry=config.geometry)
     return OTMDR(
         base,
         rho=rho,
@@ -138,6 +138,7 @@ def make_loss(config: ExperimentConfig) -> ELBO:
         n_particles=config.n_particles,
         noise_std=config.noise_std,
         seed=config.seed,
+        geometry=config.geometry,
     )
 
 

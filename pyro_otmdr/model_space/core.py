@@ -31,6 +31,8 @@ import torch
 __all__ = [
     "add_gaussian_noise_",
     "ascend_",
+    "ascend_per_tensor_",
+    "ascend_scaled_",
     "global_norm",
     "grads_of",
     "restore_",
@@ -84,6 +86,68 @@ def ascend_(
     move = list(grads if direction is None else direction)
     torch._foreach_add_(list(params), torch._foreach_mul(move, step))
     return norm
+
+
+@torch.no_grad()
+def ascend_per_tensor_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    radius: float,
+    direction: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Move each tensor ``w_l`` in place by ``radius * ||w_l|| * d_l / ||g_l||`` (a norm per
+    tensor, AWP's layer-relative move); ``d`` defaults to ``grads``. A zero tensor or a zero
+    gradient stays where it is. Returns the global gradient norm.
+
+    Usage::
+
+        import torch
+        from pyro_otmdr.model_space.core import ascend_per_tensor_
+
+        w = [torch.tensor([3.0, 4.0]), torch.tensor([1.0])]      # norms 5 and 1
+        ascend_per_tensor_(w, [torch.tensor([0.0, 2.0]), torch.tensor([-7.0])], radius=0.1)
+        assert torch.allclose(w[0], torch.tensor([3.0, 4.5]))      # 0.1 * 5 * (0, 2) / 2
+        assert torch.allclose(w[1], torch.tensor([0.9]))           # 0.1 * 1 * (-7) / 7
+    """
+    grads = list(grads)
+    sizes = torch._foreach_norm(list(params))
+    norms = torch._foreach_norm(grads)
+    move = grads if direction is None else list(direction)
+    for p, d, size, norm in zip(params, move, sizes, norms, strict=True):
+        p.add_(d * (radius * size / (norm + _EPS)))
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+@torch.no_grad()
+def ascend_scaled_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    radius: float,
+    metric: Sequence[torch.Tensor],
+    direction: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Move ``params`` in place by ``radius * T^2 d / ||T g||`` (one global norm), ``T`` the
+    elementwise ``metric``: the steepest ascent in the ball ``||T^-1 e|| <= radius`` (ASAM's
+    move with ``T = |w| + eta``; a Gaussian's natural one with ``T`` its scales). ``d``
+    defaults to ``grads``. Returns the global gradient norm ``||g||``.
+
+    Usage::
+
+        import torch
+        from pyro_otmdr.model_space.core import ascend_scaled_
+
+        w = [torch.zeros(2)]
+        ascend_scaled_(w, [torch.tensor([1.0, 1.0])], radius=1.0, metric=[torch.tensor([3.0, 4.0])])
+        assert torch.allclose(w[0], torch.tensor([9.0, 16.0]) / 5)   # T^2 g / ||T g||
+    """
+    grads = list(grads)
+    metric = list(metric)
+    scaled_norm = global_norm(torch._foreach_mul(grads, metric))
+    move = torch._foreach_mul(grads if direction is None else list(direction), metric)
+    torch._foreach_mul_(move, metric)
+    torch._foreach_mul_(move, radius / (scaled_norm + _EPS))
+    torch._foreach_add_(list(params), move)
+    return global_norm(grads)
 
 
 @torch.no_grad()

@@ -61,7 +61,8 @@ import torch
 
 from .batching import Batch
 from .center_gradient import CenterGradient
-from .core import add_gaussian_noise_, ascend_, grads_of, restore_, snapshot, zero_grads_
+from .core import add_gaussian_noise_, grads_of, restore_, snapshot, zero_grads_
+from .geometry import Geometry
 from .running_stats import RunningStatsGuard
 from .savings import StepSavings
 
@@ -102,6 +103,8 @@ class ParamGroups:
 
     perturbed: list[torch.Tensor] = field(default_factory=list)
     fixed: list[torch.Tensor] = field(default_factory=list)
+    #: the scale of each perturbed parameter, for the ``"posterior"`` geometry only
+    scales: list[torch.Tensor] | None = None
 
     @property
     def all(self) -> list[torch.Tensor]:
@@ -149,6 +152,8 @@ class SharpnessAwareStep:
         previous ascent gradient, scaled by this gradient's norm: the ``merge_grad`` flag of the
         authors' code, not the paper's algorithm.
     :param savings: the exact savings the step uses (:class:`StepSavings`; all by default).
+    :param geometry: how each ascent move spends its radius (:mod:`.geometry`: ``"global"``, the
+        paper's, by default; ``"layer"``, ``"elementwise"``, ``"posterior"``).
     """
 
     def __init__(
@@ -160,7 +165,9 @@ class SharpnessAwareStep:
         merge_grads: bool = False,
         *,
         savings: StepSavings | None = None,
+        geometry: str | Geometry | None = None,
     ) -> None:
+        self.geometry = Geometry.of(geometry)
         for i, radius in enumerate(radii):
             check_positive("rho" if i == 0 else f"rho{i + 1}", radius)
         if isinstance(n_particles, bool) or not isinstance(n_particles, int) or n_particles < 1:
@@ -189,16 +196,31 @@ class SharpnessAwareStep:
         merge_grads: bool = False,
         *,
         savings: StepSavings | None = None,
+        geometry: str | Geometry | None = None,
     ) -> SharpnessAwareStep:
         """OT-MDR's two moves, of radii ``rho`` and ``rho2`` (``2 * rho`` when omitted)."""
         check_positive("rho", rho)
         rho2 = 2.0 * rho if rho2 is None else rho2
-        return cls((rho, rho2), n_particles, noise_std, seed, merge_grads, savings=savings)
+        return cls(
+            (rho, rho2),
+            n_particles,
+            noise_std,
+            seed,
+            merge_grads,
+            savings=savings,
+            geometry=geometry,
+        )
 
     @classmethod
-    def sam(cls, rho: float, *, savings: StepSavings | None = None) -> SharpnessAwareStep:
+    def sam(
+        cls,
+        rho: float,
+        *,
+        savings: StepSavings | None = None,
+        geometry: str | Geometry | None = None,
+    ) -> SharpnessAwareStep:
         """SAM's single move of radius ``rho``: one particle, no noise."""
-        return cls((rho,), n_particles=1, noise_std=0.0, seed=0, savings=savings)
+        return cls((rho,), n_particles=1, noise_std=0.0, seed=0, savings=savings, geometry=geometry)
 
     # -- the algorithm (the module docstring's): the particles, their moves, their mean ------------
 
@@ -288,7 +310,7 @@ class SharpnessAwareStep:
         """One ascent move; returns the gradient norm and (``merge_grads``) a copy of the grads."""
         grads = grads_of(params.perturbed)
         direction = None if previous is None else torch._foreach_add(grads, previous)
-        norm = ascend_(params.perturbed, grads, radius, direction)
+        norm = self.geometry.move_(params.perturbed, grads, radius, direction, params.scales)
         kept = [g.clone() for g in grads] if self.merge_grads else None
         add_gaussian_noise_(params.perturbed, self.noise_std, self._generator_for(grads[0]))
         zero_grads_(params.all)

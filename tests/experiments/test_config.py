@@ -174,3 +174,16 @@ def test_bad_data_robust_values_are_refused_before_anything_is_built(values, mes
         config.resolved()
     with pytest.raises(ValueError, match=message):
         build_experiment(config)
+
+
+def test_a_setting_added_later_keeps_older_fingerprints_at_its_default():
+    import hashlib
+    import json
+
+    from pyro_otmdr.experiments.config import LATER_KEYS, RUNTIME_KEYS
+
+    config = ExperimentConfig(guide="delta", method="otmdr")
+    older = {k: v for k, v in config.to_dict().items() if k not in {*RUNTIME_KEYS, *LATER_KEYS}}
+    written_before = hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()
+    assert config.fingerprint() == written_before  # a run from before `geometry` still matches
+    assert ExperimentConfig(guide="delta", geometry="layer").fingerprint() != written_before

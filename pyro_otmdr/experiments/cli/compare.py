@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from ...workflow.outputs import atomic_path, write_text
 from ..config import ExperimentConfig
 from ..experiment import build_experiment
-from ..names import DATA_ROBUST_PARAMS
+from ..names import DATA_ROBUST_PARAMS, REGRESSION_DATASETS
 from ..runs import attack_experiment, evaluate_experiment, shift_experiment, train_experiment
 from .parser import UsageError
 from .rundir import config_from_args, mean_step_ms, write_json, write_plot
@@ -68,28 +68,49 @@ DEFAULT_ROBUST_BUDGET = 0.1
 _ROBUST_KEYS = ("robust_budget", "attack_steps", "attack_samples", "robust_fresh_draws")
 _ROBUST_KEYS += (*ROBUST_THREATS.values(), "attack_seconds")
 
-Cell = tuple[str, str, str]  # guide, method, data-robust loss
+Cell = tuple[str, str, str, str]  # guide, method, data-robust loss, geometry
 
 
 def _cell(row: dict) -> Cell:
-    """The table cell of a row; rows written before the data-robust losses are ``none``."""
-    return row["guide"], row["method"], row.get("data_robust", "none")
+    """The table cell of a row; rows written before the data-robust losses are ``none``, before
+    the geometries ``global``."""
+    return (
+        row["guide"],
+        row["method"],
+        row.get("data_robust", "none"),
+        row.get("geometry", "global"),
+    )
 
 
 def _grid(args: argparse.Namespace) -> list[ExperimentConfig]:
     rhos = list(args.rho) if args.rho else [None]
+    if args.dataset in REGRESSION_DATASETS:
+        raise UsageError(
+            f"otmdr compare tabulates classification metrics (accuracy, ECE); {args.dataset} is a "
+            f"regression data set: train its runs with 'otmdr train --dataset {args.dataset}'"
+        )
     if len(rhos) > 1 and args.dataset in ("cifar10", "cifar100") and args.val_size == 0:
         raise UsageError("choosing among several --rho needs a validation split: --val-size N")
     configs = []
     for guide in args.guides:
         for method in args.methods:
             for data_robust in dict.fromkeys(args.data_robust):
-                for rho in rhos if method != "svi" else [None]:
-                    for seed in range(args.seeds):
-                        grid = {"guide": guide, "method": method, "seed": seed, "rho": rho}
-                        grid["data_robust"] = data_robust
-                        configs.append(config_from_args(args, **grid))
+                geometries = _geometries_of(args.geometry, guide, method)
+                for geometry in geometries:
+                    for rho in rhos if method != "svi" else [None]:
+                        for seed in range(args.seeds):
+                            grid = {"guide": guide, "method": method, "seed": seed, "rho": rho}
+                            grid.update(data_robust=data_robust, geometry=geometry)
+                            configs.append(config_from_args(args, **grid))
     return configs
+
+
+def _geometries_of(geometries: Sequence[str], guide: str, method: str) -> list[str]:
+    """The geometries a cell spans: none but ``global`` for plain SVI (no ascent move), and
+    ``posterior`` for the Gaussian guide only (the others have no scales)."""
+    if method == "svi":
+        return ["global"]
+    return [g for g in dict.fromkeys(geometries) if g != "posterior" or guide == "normal"]
 
 
 def _robust_settings(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -105,6 +126,7 @@ def _robust_settings(args: argparse.Namespace) -> dict[str, Any] | None:
 def _run_file(out: Path, config: ExperimentConfig) -> Path:
     rho = "-" if config.method == "svi" else f"{config.rho:g}"
     robust = "" if config.data_robust == "none" else f"-{config.data_robust}"
+    robust += "" if config.geometry == "global" else f"-{config.geometry}"
     name = f"{config.guide}-{config.method}{robust}-rho{rho}-seed{config.seed}.json"
     return out / "runs" / name
 
@@ -138,6 +160,7 @@ def _saved_row(path: Path, config: ExperimentConfig, robust: dict | None = None)
     if robust is None:  # robust columns of an earlier command that asked for them: not now
         row = {k: v for k, v in row.items() if k not in _ROBUST_KEYS}
     row.setdefault("data_robust", "none")
+    row.setdefault("geometry", "global")
     return row
 
 
@@ -179,6 +202,7 @@ def _train_one(config: ExperimentConfig, args: argparse.Namespace) -> dict:
         "guide": config.guide,
         "method": config.method,
         "data_robust": config.data_robust,
+        "geometry": config.geometry,
         "seed": config.seed,
         "rho": config.rho if config.method != "svi" else None,
         **evaluate_experiment(experiment).metrics,
@@ -229,8 +253,9 @@ def _run_grid(configs: list[ExperimentConfig], args: argparse.Namespace) -> list
 
 
 def select_rho(rows: Sequence[dict]) -> dict[Cell, float | None]:
-    """Per guide, method and data-robust loss, the rho with the lowest mean validation NLL over
-    seeds; keys are ``(guide, method, data_robust)`` (``"none"`` for a row without one).
+    """Per guide, method, data-robust loss and geometry, the rho with the lowest mean validation
+    NLL over seeds; keys are ``(guide, method, data_robust, geometry)`` (``"none"`` and
+    ``"global"`` for a row without them).
 
     Only one radius (or none, for plain SVI): that one. Several without ``val_nll``: an error.
 
@@ -242,7 +267,7 @@ def select_rho(rows: Sequence[dict]) -> dict[Cell, float | None]:
             {"guide": "delta", "method": "otmdr", "rho": rho, "seed": 0, "val_nll": nll}
             for rho, nll in ((0.01, 0.31), (0.02, 0.29), (0.05, 0.35))
         ]
-        assert select_rho(rows)[("delta", "otmdr", "none")] == 0.02   # the lowest val NLL
+        assert select_rho(rows)[("delta", "otmdr", "none", "global")] == 0.02   # lowest val NLL
     """
     chosen: dict[Cell, float | None] = {}
     for key in dict.fromkeys(_cell(r) for r in rows):
@@ -297,10 +322,11 @@ def markdown_table(
 ) -> str:
     """Mean ± sample std over seeds of each metric and the step time, one line per cell.
 
-    A cell is a guide, a method and a data-robust loss (the column ``data-robust`` is shown
-    when a row has one). Without ``every_rho`` only the chosen radius of each cell is listed;
-    with it, every radius, the chosen one marked ``*`` (and the mean validation NLL shown when
-    known). With robust columns the attack settings are stated below the table.
+    A cell is a guide, a method, a data-robust loss and a geometry (the columns
+    ``data-robust`` and ``geometry`` are shown when a row has one other than the default).
+    Without ``every_rho`` only the chosen radius of each cell is listed; with it, every
+    radius, the chosen one marked ``*`` (and the mean validation NLL shown when known). With
+    robust columns the attack settings are stated below the table.
 
     Usage::
 
@@ -318,16 +344,17 @@ def markdown_table(
     columns = _columns(rows)
     with_val = every_rho and all("val_nll" in r for r in rows)
     losses = list(dict.fromkeys(_cell(r)[2] for r in rows))
-    with_data = losses != ["none"]
-    header = ["guide", "method", *(["data-robust"] if with_data else []), "rho"]
+    geometries = list(dict.fromkeys(_cell(r)[3] for r in rows))
+    with_data, with_geometry = losses != ["none"], geometries != ["global"]
+    header = ["guide", "method", *(["data-robust"] if with_data else [])]
+    header += [*(["geometry"] if with_geometry else []), "rho"]
     header += [*(label for _, label in columns), "step (ms)"]
     header += ["val NLL"] if with_val else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     seeds = 0
     for guide in guides:
         for method in methods:
-            for loss in losses:
-                key = (guide, method, loss)
+            for key in [(guide, method, loss, g) for loss in losses for g in geometries]:
                 cell = [r for r in rows if _cell(r) == key]
                 for rho in dict.fromkeys(r["rho"] for r in cell):
                     if not every_rho and rho != chosen[key]:
@@ -340,7 +367,8 @@ def markdown_table(
                     values.append(_mean_std([r["step_ms"] for r in runs], 1))
                     if with_val:
                         values.append(f"{statistics.fmean(r['val_nll'] for r in runs):.4f}")
-                    names = [guide, method, *([loss] if with_data else []), label]
+                    names = [guide, method, *([key[2]] if with_data else [])]
+                    names += [*([key[3]] if with_geometry else []), label]
                     lines.append("| " + " | ".join([*names, *values]) + " |")
     note = _robust_note(rows)
     note = f"; {note}" if note else ""
@@ -356,26 +384,27 @@ def plot_comparison(rows: Sequence[dict], chosen: dict, path: Path, *, dpi: int 
 
     columns = [(k, label) for k, label in _columns(rows) if k != "brier"]
     guides = list(dict.fromkeys(r["guide"] for r in rows))
-    methods = list(dict.fromkeys(_cell(r)[1:] for r in rows))  # (method, data-robust loss)
+    methods = list(dict.fromkeys(_cell(r)[1:] for r in rows))  # (method, loss, geometry)
     legend_rows = math.ceil(len(methods) / 6)
     fig = Figure(figsize=(3.2 * len(columns), 3.4 + 0.25 * legend_rows))
     FigureCanvasAgg(fig)
     width = 0.8 / len(methods)
     for ax, (key, label) in zip(fig.subplots(1, len(columns)), columns, strict=True):
-        for i, (method, loss) in enumerate(methods):
+        for i, (method, loss, geometry) in enumerate(methods):
             means, errors = [], []
             for guide in guides:
                 values = [
                     r[key]
                     for r in rows
-                    if _cell(r) == (guide, method, loss)
-                    and r["rho"] == chosen.get((guide, method, loss))
+                    if _cell(r) == (guide, method, loss, geometry)
+                    and r["rho"] == chosen.get((guide, method, loss, geometry))
                 ]
                 means.append(statistics.fmean(values) if values else math.nan)
                 sem = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0
                 errors.append(sem)
             x = np.arange(len(guides)) + (i - (len(methods) - 1) / 2) * width
             label_of = method if loss == "none" else f"{method}+{loss}"
+            label_of += "" if geometry == "global" else f" ({geometry})"
             ax.bar(x, means, width, yerr=errors, capsize=3, label=label_of)
         ax.set_xticks(np.arange(len(guides)), guides)
         ax.set_title(label)

@@ -32,7 +32,10 @@ PLANTED = [
 
 
 def test_rho_is_chosen_by_validation_nll_not_test_nll():
-    assert select_rho(PLANTED) == {("delta", "otmdr", "none"): 0.02, ("delta", "svi", "none"): None}
+    assert select_rho(PLANTED) == {
+        ("delta", "otmdr", "none", "global"): 0.02,
+        ("delta", "svi", "none", "global"): None,
+    }
     table = markdown_table(PLANTED, ["delta"], ["svi", "otmdr"])
     assert "| delta | otmdr | 0.02 | 0.9000 ± 0.0000 | 0.3000 ± 0.0000 |" in table
     assert "0.05" not in table
@@ -58,7 +61,7 @@ def test_compare_grid_over_rho_resumes_and_writes_figure_and_csv(tmp_path, capsy
     assert main(argv) == 0
     assert capsys.readouterr().out.count("(trained)") == 6  # svi x 2 seeds + sam x 2 rho x 2
     runs = json.loads((out / "runs.json").read_text())
-    chosen = select_rho(runs)[("delta", "sam", "none")]
+    chosen = select_rho(runs)[("delta", "sam", "none", "global")]
     results = (out / "results.md").read_text()
     assert f"| delta | sam | {chosen:g} |" in results and f"{chosen:g}* |" in results
     with open(out / "compare.csv") as f:
