@@ -1,6 +1,7 @@
 """The Pyro layer: Bayesian models, the ensemble guide, and posterior draws replayed.
 
-* :mod:`.bnn`: :func:`bayesian` turns an ``nn.Module`` classifier into a Pyro model with priors;
+* :mod:`.bnn`: :func:`bayesian` turns an ``nn.Module`` classifier (or regressor,
+  :class:`BayesianRegressor`) into a Pyro model with priors;
 * :mod:`.ensemble`: :class:`AutoDeltaEnsemble` (a uniform mixture of point estimates) and
   :class:`EnsembleELBO`; :mod:`.members`: what an ensemble guide is (:func:`is_ensemble`) and
   running a loss once per member;
@@ -12,7 +13,7 @@
 This layer imports nothing else from the package.
 """
 
-from .bnn import BayesianClassifier, bayesian
+from .bnn import BayesianClassifier, BayesianRegressor, bayesian
 from .ensemble import AutoDeltaEnsemble, EnsembleELBO
 from .members import is_ensemble
 from .wrapper import PreparesStep, WrapperELBO
@@ -20,6 +21,7 @@ from .wrapper import PreparesStep, WrapperELBO
 __all__ = [
     "AutoDeltaEnsemble",
     "BayesianClassifier",
+    "BayesianRegressor",
     "EnsembleELBO",
     "PreparesStep",
     "WrapperELBO",

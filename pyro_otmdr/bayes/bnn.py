@@ -1,6 +1,7 @@
-"""Turn an ordinary ``torch.nn.Module`` classifier into a Bayesian Pyro model.
+"""Turn an ordinary ``torch.nn.Module`` classifier or regressor into a Bayesian Pyro model.
 
-:func:`bayesian` converts a network that maps inputs to logits into a
+:func:`bayesian` converts a network that maps inputs to logits (or, with
+``likelihood="normal"``/``"studentt"``, to regression outputs) into a
 :class:`~pyro.nn.PyroModule` ``model(x, y=None)`` that
 
 * puts an isotropic ``Normal(0, prior_scale)`` prior on the weights, one
@@ -9,7 +10,8 @@
 * keeps normalisation layers (BatchNorm, LayerNorm, GroupNorm, ...)
   deterministic: their affine parameters stay ordinary point parameters (Pyro
   ``param`` sites of the same names) and their running statistics stay buffers;
-* observes the labels with ``Categorical(logits=...)`` inside
+* observes the labels with ``Categorical(logits=...)`` (or the real targets with
+  ``Normal(mean, sigma)`` / ``StudentT(df, mean, sigma)``: :class:`BayesianRegressor`) inside
   ``pyro.plate("data", size=num_data, subsample_size=len(x))``, so that the
   log-likelihood of a minibatch (or of half a minibatch) is scaled to the full
   data set.
@@ -32,8 +34,11 @@ from torch import nn
 from .priors import IsotropicNormal
 
 __all__ = [
+    "HETEROSCEDASTIC_MIN_SCALE",
+    "LIKELIHOODS",
     "NORM_LAYERS",
     "BayesianClassifier",
+    "BayesianRegressor",
     "ParamFilter",
     "bayesian",
     "is_norm_layer",
@@ -48,6 +53,15 @@ NORM_LAYERS: tuple[type[nn.Module], ...] = (
     nn.RMSNorm,
     nn.LocalResponseNorm,
 )
+
+#: The observation models of :func:`bayesian`: ``categorical`` (a classifier: the network gives
+#: logits), ``normal`` and ``studentt`` (regression: the network gives the mean, and with
+#: ``heteroscedastic=True`` a raw scale too).
+LIKELIHOODS: tuple[str, ...] = ("categorical", "normal", "studentt")
+
+#: The smallest noise scale of a heteroscedastic regression model, in the targets' units:
+#: ``scale = softplus(raw) + HETEROSCEDASTIC_MIN_SCALE``.
+HETEROSCEDASTIC_MIN_SCALE = 1e-3
 
 #: ``filter(name, module) -> bool``: whether the parameter ``name`` (its dotted
 #: path inside the network, e.g. ``"layer1.0.conv1.weight"``) of ``module`` (the
@@ -173,6 +187,127 @@ class BayesianClassifier(PyroModule):
         }
 
 
+def _noise_prior(module: BayesianRegressor) -> dist.Distribution:
+    """``HalfNormal(noise_prior_scale)``: the prior of ``sigma``, on the model's device."""
+    return dist.HalfNormal(module.noise_prior_scale)
+
+
+class BayesianRegressor(BayesianClassifier):
+    """A Pyro regression model ``model(x, y=None) -> mean`` around a converted network.
+
+    Build it with ``bayesian(net, likelihood="normal", ...)`` (or ``"studentt"``). The targets
+    ``y`` (real numbers, shape ``(len(x),)``) are observed at the site ``"obs"`` by
+    ``Normal(mean, sigma)`` or ``StudentT(df, mean, sigma)`` inside the same subsampled
+    ``pyro.plate("data", ...)`` as :class:`BayesianClassifier`'s labels.
+
+    * Homoscedastic (the default): the network gives the mean, ``(batch,)`` or ``(batch, 1)``;
+      the noise scale is one global latent site ``"sigma" ~ HalfNormal(noise_prior_scale)``
+      (a ``PyroSample`` of this module, learned by the guide like the weights: ``AutoNormal``
+      fits a LogNormal to it, ``AutoDelta`` a point estimate).
+    * ``heteroscedastic=True``: the network gives two columns ``(batch, 2)``, the mean and a raw
+      scale; the scale of each example is ``softplus(raw) + HETEROSCEDASTIC_MIN_SCALE``, and
+      there is no ``sigma`` site.
+
+    Attributes besides those of :class:`BayesianClassifier`: ``likelihood`` (``"normal"`` or
+    ``"studentt"``), ``heteroscedastic``, ``df`` (a 0-d buffer, the StudentT degrees of freedom,
+    fixed; ``None`` for Normal) and ``noise_prior_scale`` (a 0-d buffer).
+
+    Usage::
+
+        import torch
+        from pyro_otmdr.bayes import bayesian
+
+        model = bayesian(torch.nn.Linear(4, 1), num_data=100, likelihood="normal")
+        x, y = torch.randn(8, 4), torch.randn(8)
+        mean = model(x, y)   # samples weights and sigma from the prior, observes y
+        assert mean.shape == (8,)
+        assert model.random_sites == ["net.weight", "net.bias", "sigma"]
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_data: int,
+        prior_scale: float,
+        input_transform: nn.Module | None = None,
+        *,
+        likelihood: str = "normal",
+        heteroscedastic: bool = False,
+        noise_prior_scale: float = 1.0,
+        df: float | None = None,
+    ) -> None:
+        super().__init__(net, num_data, prior_scale, input_transform)
+        self.likelihood = likelihood
+        self.heteroscedastic = bool(heteroscedastic)
+        self.register_buffer(
+            "noise_prior_scale", torch.tensor(float(noise_prior_scale)), persistent=False
+        )
+        self.df: torch.Tensor | None
+        if likelihood == "studentt":
+            self.register_buffer("df", torch.tensor(float(df)), persistent=False)
+        else:
+            self.df = None
+        if not self.heteroscedastic:
+            self.sigma = PyroSample(_noise_prior)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the network (weights, and ``sigma``, drawn once per call) and observe ``y``.
+
+        :param x: a batch of inputs, batch dimension first.
+        :param y: real targets of shape ``(len(x),)``, or ``None`` to sample them.
+        :returns: the predicted mean, shape ``(len(x),)``.
+        """
+        if y is not None:
+            if y.shape != x.shape[:1]:
+                raise ValueError(
+                    f"y must hold one target per input: expected shape {tuple(x.shape[:1])}, "
+                    f"got {tuple(y.shape)}"
+                )
+            if not y.dtype.is_floating_point:
+                raise ValueError(
+                    f"regression targets y must be floating point, got dtype {y.dtype}"
+                )
+        out = self.net(self.input_transform(x))
+        loc, scale = self._loc_and_scale(out, x.shape[0])
+        if self.likelihood == "studentt":
+            noise = dist.StudentT(self.df, loc, scale)
+        else:
+            noise = dist.Normal(loc, scale)
+        batch = x.shape[0]
+        size = max(self.num_data, batch)
+        with pyro.plate("data", size=size, subsample_size=batch, device=x.device):
+            pyro.sample("obs", noise, obs=y)
+        return loc
+
+    def _loc_and_scale(self, out: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        columns = 2 if self.heteroscedastic else 1
+        if out.shape[:1] != (batch,) or out[0].numel() != columns or out.dim() > 2:
+            wanted = (
+                "(batch, 2): the mean and a raw scale" if columns == 2 else "(batch,) or (batch, 1)"
+            )
+            other = (
+                "; a net with one output is homoscedastic (heteroscedastic=False)"
+                if columns == 2
+                else "; a net with two outputs (mean, raw scale) needs heteroscedastic=True"
+            )
+            raise ValueError(
+                f"the regression network must output {wanted}, got shape {tuple(out.shape)}" + other
+            )
+        out = out.reshape(batch, columns)
+        if self.heteroscedastic:
+            scale = torch.nn.functional.softplus(out[:, 1]) + HETEROSCEDASTIC_MIN_SCALE
+            return out[:, 0], scale
+        return out[:, 0], self.sigma.expand(batch)
+
+    def initial_values(self) -> dict[str, torch.Tensor]:
+        """The network's weights at conversion time, and for a homoscedastic model ``sigma`` at
+        ``noise_prior_scale`` (the scale of standardised targets by default): fresh clones."""
+        values = super().initial_values()
+        if not self.heteroscedastic:
+            values["sigma"] = self.noise_prior_scale.detach().clone()
+        return values
+
+
 def bayesian(
     net: nn.Module,
     *,
@@ -181,8 +316,14 @@ def bayesian(
     filter: ParamFilter | None = None,
     inplace: bool = False,
     input_transform: nn.Module | None = None,
+    likelihood: str = "categorical",
+    heteroscedastic: bool = False,
+    noise_prior_scale: float = 1.0,
+    df: float | None = None,
 ) -> BayesianClassifier:
-    """Turn a ``torch.nn.Module`` classifier (it returns logits) into a Bayesian Pyro model.
+    """Turn a ``torch.nn.Module`` classifier (it returns logits) into a Bayesian Pyro model,
+    or, with ``likelihood="normal"`` or ``"studentt"``, a regression network (it returns the
+    mean, and with ``heteroscedastic=True`` a raw scale as well).
 
     Each parameter selected by ``filter`` (by default every parameter outside
     normalisation layers, see :func:`weights_not_norms`) becomes a
@@ -199,6 +340,15 @@ def bayesian(
     subsample_size=len(x))``, which scales a minibatch's log-likelihood by
     ``num_data / len(x)``. It works with ``AutoNormal``, ``AutoDelta`` and other
     autoguides, and with ``Trace_ELBO``/``TraceMeanField_ELBO`` SVI.
+
+    Regression (``likelihood="normal"`` or ``"studentt"``, a :class:`BayesianRegressor`): the
+    model is ``model(x, y=None) -> mean`` and observes real targets ``y`` of shape ``(len(x),)``
+    at the same site ``"obs"``, in the same plate, by ``Normal(mean, sigma)`` or
+    ``StudentT(df, mean, sigma)``. Homoscedastic by default: the network outputs the mean
+    (``(batch,)`` or ``(batch, 1)``) and the noise scale is a global latent
+    ``"sigma" ~ HalfNormal(noise_prior_scale)`` that the guide learns with the weights. With
+    ``heteroscedastic=True`` the network outputs two columns, the mean and a raw scale, and
+    each example's scale is ``softplus(raw) + HETEROSCEDASTIC_MIN_SCALE``.
 
     By default ``net`` is deep-copied and the copy converted, so the caller's
     network is untouched (and BatchNorm statistics update in ``model.net``, not in
@@ -218,7 +368,15 @@ def bayesian(
         network, e.g. the data's normalisation (so that the data, and attacks on them, stay in
         their natural box); it is kept as ``model.input_transform`` and its buffers move with
         the model.
-    :returns: a :class:`BayesianClassifier`.
+    :param likelihood: one of :data:`LIKELIHOODS`: ``"categorical"`` (a classifier, the
+        default), ``"normal"`` or ``"studentt"`` (regression).
+    :param heteroscedastic: regression only: the network outputs the mean and a raw scale per
+        example instead of sharing one learned ``sigma``.
+    :param noise_prior_scale: homoscedastic regression only: the scale of the ``HalfNormal``
+        prior of ``sigma``, in the targets' units (1 suits standardised targets); ``sigma``
+        starts there in :meth:`~BayesianRegressor.initial_values`.
+    :param df: ``"studentt"`` only: the degrees of freedom, fixed (default 4).
+    :returns: a :class:`BayesianClassifier`, or for regression a :class:`BayesianRegressor`.
 
     Usage::
 
@@ -237,9 +395,31 @@ def bayesian(
         svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
         for xb, yb in zip(x_train.split(8), y_train.split(8), strict=True):
             loss = svi.step(xb, yb)   # the minibatch's negative ELBO, a float
+
+    A regression BNN, homoscedastic (a learned ``sigma``) and heteroscedastic. Usage::
+
+        import pyro
+        import torch
+        from pyro.infer import SVI, Trace_ELBO
+        from pyro.infer.autoguide import AutoNormal
+        from pyro_otmdr.bayes import bayesian
+        from pyro_otmdr.workflow.models import build_model
+
+        x_train, y_train = torch.randn(32, 10), torch.randn(32)   # real targets, shape (N,)
+        net = build_model("mlp", 1, in_features=10, hidden=(16,))
+        model = bayesian(net, num_data=len(x_train), likelihood="normal")
+        guide = AutoNormal(model)
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+        loss = svi.step(x_train, y_train)
+        assert "sigma" in guide.median()                           # the learned noise scale
+        pyro.clear_param_store()
+        two = build_model("mlp", 2, in_features=10, hidden=(16,))  # mean and raw scale
+        model = bayesian(two, num_data=len(x_train), likelihood="normal", heteroscedastic=True)
+        assert model(x_train).shape == (32,)                       # the mean
     """
     filter = weights_not_norms if filter is None else filter
     _check_arguments(net, num_data, prior_scale, filter)
+    _check_likelihood(likelihood, heteroscedastic, noise_prior_scale, df)
     if input_transform is not None and (
         not isinstance(input_transform, nn.Module)
         or any(True for _ in input_transform.parameters())
@@ -252,11 +432,25 @@ def bayesian(
         net = copy.deepcopy(net)
     selected = _select_params(net, filter)
     to_pyro_module_(net)
-    model = BayesianClassifier(net, int(num_data), prior_scale, input_transform)
+    if likelihood == "categorical":
+        model = BayesianClassifier(net, int(num_data), prior_scale, input_transform)
+    else:
+        model = BayesianRegressor(
+            net,
+            int(num_data),
+            prior_scale,
+            input_transform,
+            likelihood=likelihood,
+            heteroscedastic=heteroscedastic,
+            noise_prior_scale=noise_prior_scale,
+            df=4.0 if df is None else df,
+        )
     for name, module, attr, value in selected:
         model._initial_values["net." + name] = value.detach().clone()
         setattr(module, attr, PyroSample(_NormalPrior(model, value.shape)))
     model.random_sites = ["net." + item[0] for item in selected]
+    if isinstance(model, BayesianRegressor) and not model.heteroscedastic:
+        model.random_sites.append("sigma")
     model.point_params = ["net." + name for name, _ in net.named_parameters()]
     _warn_on_param_store_clash(model.point_params)
     return model
@@ -285,6 +479,31 @@ def _check_arguments(net: nn.Module, num_data: int, prior_scale: float, filter: 
                 f"parameter {name!r} is uninitialised (a lazy module): run one forward "
                 "pass through net before calling bayesian()"
             )
+
+
+def _check_likelihood(
+    likelihood: object, heteroscedastic: object, noise_prior_scale: object, df: object
+) -> None:
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
+    if not isinstance(heteroscedastic, bool):
+        raise ValueError(f"heteroscedastic must be a bool, got {heteroscedastic!r}")
+    if likelihood == "categorical" and heteroscedastic:
+        raise ValueError(
+            "heteroscedastic=True is for regression: pass likelihood='normal' or 'studentt'"
+        )
+    positive = isinstance(noise_prior_scale, int | float) and not isinstance(
+        noise_prior_scale, bool
+    )
+    if not positive or not noise_prior_scale > 0:
+        raise ValueError(f"noise_prior_scale must be a positive float, got {noise_prior_scale!r}")
+    if df is not None:
+        if likelihood != "studentt":
+            raise ValueError(
+                f"df is the StudentT's degrees of freedom; likelihood is {likelihood!r}"
+            )
+        if isinstance(df, bool) or not isinstance(df, int | float) or not df > 0:
+            raise ValueError(f"df must be a positive float, got {df!r}")
 
 
 def _select_params(

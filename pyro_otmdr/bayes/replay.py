@@ -8,7 +8,9 @@ A *draw* is one set of latent values to condition the model on:
 * any other guide (``AutoNormal``, ...): ``num_samples`` draws of its latent sites.
 
 The model is then replayed with ``poutine.condition`` and its observed categorical site read as
-normalised log-probabilities. Evaluation and the attacks share these helpers.
+normalised log-probabilities (:func:`site_log_probs`), or its observed Normal or StudentT site as
+the location and scale of each example (:func:`site_regression`); :func:`observed_likelihood`
+says which of the two a site is. Evaluation and the attacks share these helpers.
 
 Usage::
 
@@ -42,15 +44,27 @@ from pyro.poutine.util import site_is_subsample
 from .members import is_ensemble, members_of
 
 __all__ = [
+    "OBSERVED_LIKELIHOODS",
     "categorical_of",
     "draw_kind",
     "guide_device",
     "guide_latents",
     "latent_values",
+    "observed_likelihood",
+    "observed_node",
     "seeded_rng",
     "site_log_probs",
+    "site_regression",
     "trace_latents",
 ]
+
+#: The observed distributions that evaluation reads, by the name :func:`observed_likelihood`
+#: gives them (the ``likelihood=`` names of :func:`~pyro_otmdr.bayes.bayesian`).
+OBSERVED_LIKELIHOODS: dict[str, type[torch.distributions.Distribution]] = {
+    "categorical": torch.distributions.Categorical,
+    "normal": torch.distributions.Normal,
+    "studentt": torch.distributions.StudentT,
+}
 
 
 def guide_device(guide: Callable, device: str | torch.device | None) -> torch.device:
@@ -136,13 +150,99 @@ def categorical_of(fn: Any, site: str) -> torch.distributions.Categorical:
     return fn
 
 
-def site_log_probs(model: Callable, latents: dict, x: torch.Tensor, site: str) -> torch.Tensor:
-    """Normalised log-probabilities ``(len(x), C)`` of the model's site under fixed latents."""
+def _unwrapped(fn: Any) -> Any:
+    """``fn`` without masks, ``Independent`` and expansions (not transforms: a LogNormal stays)."""
+    while hasattr(fn, "base_dist") and not isinstance(
+        fn, torch.distributions.TransformedDistribution
+    ):
+        fn = fn.base_dist
+    return fn
+
+
+def observed_likelihood(fn: Any, site: str) -> str:
+    """The name in :data:`OBSERVED_LIKELIHOODS` of the distribution of an observed site.
+
+    Masks, ``Independent`` and expansions are unwrapped first.
+
+    :raises ValueError: for any other distribution, naming the supported ones.
+
+    Usage::
+
+        import pyro.distributions as dist
+        import torch
+        from pyro_otmdr.bayes.replay import observed_likelihood
+
+        normal = dist.Normal(torch.zeros(3), 1.0).to_event(1)
+        assert observed_likelihood(normal, "obs") == "normal"
+        assert observed_likelihood(dist.Categorical(logits=torch.zeros(2)), "obs") == "categorical"
+    """
+    inner = _unwrapped(fn)
+    for name, kind in OBSERVED_LIKELIHOODS.items():
+        if isinstance(inner, kind):
+            return name
+    raise ValueError(
+        f"site {site!r} must hold a Categorical distribution (classification) or a Normal or "
+        f"StudentT distribution (regression), possibly masked or wrapped in Independent; got "
+        f"{type(inner).__name__}"
+    )
+
+
+def observed_node(model: Callable, latents: dict, x: torch.Tensor, site: str) -> dict:
+    """The trace node of the model's sample site ``site``, the model run on ``x`` under
+    ``latents``; a ``ValueError`` naming the sample sites if there is none of that name."""
     trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(x)
     node = trace.nodes.get(site)
     if node is None or node["type"] != "sample":
         sites = [n for n, s in trace.nodes.items() if s["type"] == "sample"]
         raise ValueError(f"the model trace has no sample site {site!r}; pass site= one of {sites}")
+    return node
+
+
+def site_regression(
+    model: Callable, latents: dict, x: torch.Tensor, site: str
+) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(likelihood, loc, scale, df)`` of the model's Normal or StudentT site under fixed latents.
+
+    ``loc`` and ``scale`` have shape ``(len(x),)`` (one distribution per example); ``df`` too for
+    a StudentT, else ``None``.
+
+    Usage::
+
+        import torch
+        from pyro.infer.autoguide import AutoNormal
+        from pyro_otmdr.bayes import bayesian
+        from pyro_otmdr.bayes.replay import guide_latents, site_regression
+
+        model = bayesian(torch.nn.Linear(4, 1), num_data=8, likelihood="normal")
+        x = torch.randn(8, 4)
+        latents = guide_latents(AutoNormal(model), (x, torch.randn(8)), {})
+        likelihood, loc, scale, df = site_regression(model, latents, x, "obs")
+        assert likelihood == "normal" and loc.shape == scale.shape == (8,) and df is None
+        assert torch.equal(scale, latents["sigma"].expand(8))   # homoscedastic: one sigma
+    """
+    fn = observed_node(model, latents, x, site)["fn"]
+    likelihood = observed_likelihood(fn, site)
+    if likelihood == "categorical":
+        raise ValueError(
+            f"site {site!r} holds a Categorical distribution (a classifier), not a Normal or "
+            "StudentT (regression)"
+        )
+    inner = _unwrapped(fn)
+    n = x.shape[0]
+    params = [inner.loc, inner.scale] + ([inner.df] if likelihood == "studentt" else [])
+    shape = torch.broadcast_shapes(*(p.shape for p in params))
+    if shape.numel() != n:
+        raise ValueError(
+            f"site {site!r} has batch shape {tuple(shape)}, expected one distribution per "
+            f"example ({n})"
+        )
+    loc, scale, *df = (p.expand(shape).reshape(n) for p in params)
+    return likelihood, loc, scale, (df[0] if df else None)
+
+
+def site_log_probs(model: Callable, latents: dict, x: torch.Tensor, site: str) -> torch.Tensor:
+    """Normalised log-probabilities ``(len(x), C)`` of the model's site under fixed latents."""
+    node = observed_node(model, latents, x, site)
     logits = categorical_of(node["fn"], site).logits
     if logits.shape[:-1].numel() != x.shape[0]:
         raise ValueError(

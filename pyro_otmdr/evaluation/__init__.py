@@ -1,11 +1,15 @@
-"""Evaluation of Pyro classifiers: metrics, the posterior predictive, robustness, ArviZ, plots.
+"""Evaluation of Pyro classifiers and regression models: metrics, the posterior predictive,
+robustness, ArviZ, plots.
 
 * :mod:`.metrics`: accuracy, NLL, Brier, ECE, AUROC, temperature scaling (plain tensors);
+* :mod:`.regression`: RMSE, NLL, CRPS, interval coverage and calibration of a regression
+  model's mixture predictive (plain tensors);
 * :mod:`.predictive`: :func:`evaluate`, the posterior predictive over a test set, in chunks;
 * :mod:`.result`: :class:`EvaluationResult` and its ArviZ ``DataTree``;
 * :mod:`.robustness`: :func:`robustness`, clean and robust accuracy per threat and budget;
 * :mod:`.threats`: the threats, registered once (imports no torch);
-* :mod:`.plots`: the reliability diagram and ArviZ's PAV calibration plot.
+* :mod:`.plots`: the reliability diagram and ArviZ's PAV calibration plot; the regression
+  calibration curve and ArviZ's PIT plot.
 
 Usage::
 

@@ -1,9 +1,11 @@
-"""Posterior-predictive evaluation of Pyro classifiers: metrics, ArviZ export, calibration plots.
+"""Posterior-predictive evaluation of Pyro classifiers and regression models: metrics, ArviZ
+export, calibration plots.
 
 :func:`evaluate` runs the model once per posterior draw over the test set, in chunks, on the
-model's device, and keeps only summaries: the mean predictive probabilities, the per-draw
-log-likelihood of every test point and one label sampled from every draw's predictive. The draws
-are those of :mod:`pyro_otmdr.bayes.replay`: the point of an ``AutoDelta``, every member of an
+model's device, and keeps only summaries: the mean predictive probabilities (a classifier) or
+each draw's location and scale of every test point (regression), the per-draw log-likelihood of
+every test point and one label or target sampled from every draw's predictive. The draws are
+those of :mod:`pyro_otmdr.bayes.replay`: the point of an ``AutoDelta``, every member of an
 ensemble, or ``num_samples`` draws of any other guide.
 
 Usage::
@@ -32,17 +34,31 @@ from typing import Any
 
 import torch
 
-from ..bayes.replay import draw_kind, guide_device, latent_values, seeded_rng, site_log_probs
-from . import metrics
+from ..bayes.replay import (
+    draw_kind,
+    guide_device,
+    latent_values,
+    observed_likelihood,
+    observed_node,
+    seeded_rng,
+    site_log_probs,
+    site_regression,
+)
+from . import metrics, regression
 from .result import EvaluationResult
 
 __all__ = ["EvaluationResult", "evaluate"]
 
 
-def _check_split(name: str, x: Any, y: Any | None) -> None:
-    """Raise ``ValueError`` unless ``x`` (and ``y``) are tensors of one non-zero length."""
+def _check_inputs(name: str, x: Any) -> None:
+    """Raise ``ValueError`` unless ``x`` is a tensor with a non-zero number of examples."""
     if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty tensor with examples on dim 0")
+
+
+def _check_split(name: str, x: Any, y: Any | None) -> None:
+    """Raise ``ValueError`` unless ``x`` (and its integer labels ``y``) fit a classifier."""
+    _check_inputs(name, x)
     if y is None:
         return
     if not isinstance(y, torch.Tensor) or y.dim() != 1:
@@ -58,14 +74,39 @@ def _check_split(name: str, x: Any, y: Any | None) -> None:
         raise ValueError(f"labels for {name} must be >= 0, got minimum {int(y.min())}")
 
 
-def _check_args(x, y, x_val, y_val, x_ood, num_samples, batch_size, num_bins, site) -> None:
-    _check_split("x", x, y)
+def _check_targets(x: torch.Tensor, y: Any, likelihood: str, site: str) -> None:
+    """Raise ``ValueError`` unless ``y`` holds one finite real target per example of ``x``."""
+    kind = {"normal": "Normal", "studentt": "StudentT"}[likelihood]
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"regression targets y must be a tensor, got {type(y).__name__}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        hint = "; flatten it with y.reshape(-1)" if y.numel() == x.shape[0] else ""
+        raise ValueError(
+            f"regression targets y must have shape ({x.shape[0]},), one per example of x, got "
+            f"{tuple(y.shape)}{hint}"
+        )
+    if not y.dtype.is_floating_point:
+        raise ValueError(
+            f"site {site!r} is a {kind} (a regression model): its targets y must be floating "
+            f"point, got dtype {y.dtype}; integer class labels go with a Categorical site"
+        )
+    bad = ~torch.isfinite(y)
+    if bool(bad.any()):
+        raise ValueError(
+            f"regression targets y must be finite: {int(bad.sum())} of {len(y)} are NaN or "
+            f"infinite (the first at index {int(bad.nonzero()[0])})"
+        )
+
+
+def _check_args(x, x_val, y_val, x_ood, num_samples, batch_size, num_bins, site) -> None:
+    """The checks that do not depend on the kind of model (classifier or regression)."""
+    _check_inputs("x", x)
     if (x_val is None) != (y_val is None):
         raise ValueError("pass x_val and y_val together (temperature scaling needs both)")
     if x_val is not None:
-        _check_split("x_val", x_val, y_val)
+        _check_inputs("x_val", x_val)
     if x_ood is not None:
-        _check_split("x_ood", x_ood, None)
+        _check_inputs("x_ood", x_ood)
     counts = {"num_samples": num_samples, "batch_size": batch_size, "num_bins": num_bins}
     for name, value in counts.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -142,17 +183,83 @@ class _Accumulator:
         return (self.prob_sum / self.prob_sum.sum(-1, keepdim=True)).cpu()
 
 
-def _run_draws(model, guide, splits, kind, num_draws, site, batch_size, device) -> None:
-    """Fold every posterior draw into the split accumulators, one draw at a time."""
-    base_seed = int(torch.randint(0, 2**62, ()).item())
-    test = splits["test"]
-    first = test.x[:batch_size].to(device, non_blocking=True)
+class _RegressionAccumulator:
+    """Every draw's location and scale (and StudentT ``df``) of each test point, on the CPU.
+
+    The mixture over the draws is only formed at the end (:meth:`metrics`), so memory is one
+    float64 per draw and test point for each of them, like the per-draw log-likelihood.
+    """
+
+    def __init__(self, x, y, device: torch.device, num_draws: int, likelihood: str) -> None:
+        self.x, self.y, self.device, self.likelihood = x, y, device, likelihood
+        n = x.shape[0]
+        self.loc = torch.empty(num_draws, n, dtype=torch.float64)
+        self.scale = torch.empty(num_draws, n, dtype=torch.float64)
+        self.df = (
+            torch.empty(num_draws, n, dtype=torch.float64) if likelihood == "studentt" else None
+        )
+        self.samples = torch.empty(num_draws, n, dtype=torch.float64)
+
+    def add_draw(self, index, model, latents, site, batch_size, uniform) -> None:
+        """Run draw ``index`` over every chunk and keep its locations, scales and one sample."""
+        n = self.x.shape[0]
+        loc = torch.empty(n, device=self.device, dtype=torch.float64)
+        scale = torch.empty_like(loc)
+        df = torch.empty_like(loc) if self.df is not None else None
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            x = self.x[start:stop].to(self.device, non_blocking=True)
+            likelihood, chunk_loc, chunk_scale, chunk_df = site_regression(model, latents, x, site)
+            if likelihood != self.likelihood:
+                raise ValueError(
+                    f"site {site!r} changed its distribution between draws or chunks: "
+                    f"{self.likelihood} and {likelihood}"
+                )
+            loc[start:stop], scale[start:stop] = chunk_loc, chunk_scale
+            if df is not None:
+                df[start:stop] = chunk_df
+        self.loc[index], self.scale[index] = loc.cpu(), scale.cpu()
+        if df is not None:
+            self.df[index] = df.cpu()
+        u = uniform.double().cpu().clamp(1e-12, 1 - 1e-12)  # inverse-CDF: one sample per point
+        draw_df = None if df is None else self.df[index]
+        self.samples[index] = regression.component_quantile(
+            u, self.loc[index], self.scale[index], draw_df
+        )
+
+    def log_likelihood(self, targets: torch.Tensor) -> torch.Tensor:
+        """``log p(y_i | x_i, theta_s)`` of every draw and test point, ``(n_draws, n)``."""
+        return regression.component_log_prob(targets, self.loc, self.scale, self.df)
+
+    def metrics(self, targets: torch.Tensor) -> dict[str, float]:
+        """:func:`~.regression.regression_metrics` of the mixture of the draws."""
+        return regression.regression_metrics(targets, self.loc, self.scale, self.df)
+
+
+def _run_draws(
+    model, guide, x, make_splits, kind, num_draws, site, batch_size, device, base_seed
+) -> tuple[str, dict]:
+    """Fold every posterior draw into the split accumulators, one draw at a time.
+
+    The accumulators are made by ``make_splits(likelihood)`` once the first draw's latents are
+    known: the model is run on two test points under them to read the observed site's
+    distribution (``categorical``, ``normal`` or ``studentt``), after the draw's uniform numbers
+    are taken, so that draw 0's labels and targets are those of every other draw's stream.
+    """
+    first = x[:batch_size].to(device, non_blocking=True)
+    splits: dict | None = None
+    likelihood = ""
     for index in range(num_draws):
         with seeded_rng(base_seed + index, device):
             latents = latent_values(guide, kind, index, first)
-            uniform = torch.rand(test.x.shape[0], device=device)
+            uniform = torch.rand(x.shape[0], device=device)
+            if splits is None:
+                node = observed_node(model, latents, first[:2], site)
+                likelihood = observed_likelihood(node["fn"], site)
+                splits = make_splits(likelihood)
             for split in splits.values():
                 split.add_draw(index, model, latents, site, batch_size, uniform)
+    return likelihood, splits
 
 
 def _safe_auroc(scores: torch.Tensor, targets: torch.Tensor) -> float:
@@ -205,10 +312,11 @@ def evaluate(
     site: str = "obs",
     num_bins: int = 15,
 ) -> EvaluationResult:
-    """Evaluate a Pyro classifier's posterior predictive on a test set.
+    """Evaluate a Pyro classifier's or regression model's posterior predictive on a test set.
 
-    ``model(x, y=None)`` must sample the site ``site`` from a ``Categorical`` (masks, plates and
-    ``Independent`` are unwrapped). For each draw the latents come from the guide (see the module
+    ``model(x, y=None)`` must sample the site ``site`` from a ``Categorical`` (a classifier), or
+    from a ``Normal`` or ``StudentT`` (regression; scales may differ per example); masks, plates
+    and ``Independent`` are unwrapped. For each draw the latents come from the guide (see the module
     docstring); the model is then run as
     ``poutine.trace(poutine.condition(model, data=latents)).get_trace(x_chunk)`` for every chunk
     of ``batch_size`` test points, so all chunks of one draw share the same latents. Latent sites
@@ -219,20 +327,31 @@ def evaluate(
     Each draw uses its own seeded RNG stream derived from the global torch RNG, so results depend
     on ``pyro.set_rng_seed`` but not on ``batch_size``; the global RNG advances by one draw only.
 
+    Regression: each draw gives a Normal (or StudentT) per test point and the predictive is their
+    equal-weight mixture; the metrics are those of
+    :func:`~pyro_otmdr.evaluation.regression.regression_metrics` (``rmse``, ``mae`` of the
+    mixture's mean, ``nll`` of its density, ``crps``, ``coverage_50/90/95`` of its central
+    intervals, ``interval_width_90``, ``calibration_error``), in the targets' units, and the
+    result keeps every draw's ``loc`` and ``scale``. ``x_val``/``y_val`` (temperature scaling)
+    and ``x_ood`` are a classifier's and are refused.
+
     :param model: the model, called as ``model(x_chunk)``.
     :param guide: ``AutoDelta``, an ensemble guide, or any guide whose trace holds the latents.
     :param x: test inputs, examples on dim 0.
-    :param y: integer test labels in ``[0, C)``.
+    :param y: integer test labels in ``[0, C)``; for regression, floating-point targets of
+        shape ``(len(x),)``.
     :param num_samples: draws for guides that are neither ``AutoDelta`` nor an ensemble.
     :param batch_size: test points per forward pass.
     :param device: where to run; default the guide's device.
     :param x_val: validation inputs for temperature scaling (with ``y_val``).
     :param y_val: validation labels.
     :param x_ood: out-of-distribution inputs; adds ``auroc_ood`` (max-probability score).
-    :param site: name of the observed categorical site.
+    :param site: name of the observed site.
     :param num_bins: equal-width confidence bins of the ECE.
-    :raises ValueError: for mismatched lengths, labels out of range, a missing or non-categorical
-        site, ``num_samples < 1``, or ``x_val`` without ``y_val``.
+    :raises ValueError: for mismatched lengths, labels out of range, a missing site or one that
+        is neither categorical nor Normal/StudentT, ``num_samples < 1``, ``x_val`` without
+        ``y_val``; for regression, targets that are not one finite float per example, and
+        ``x_val`` or ``x_ood``.
 
     Usage::
 
@@ -252,17 +371,51 @@ def evaluate(
             svi.step(x_train, y_train)
         result = evaluate(model, guide, x_test, y_test, num_samples=16, x_val=x_val, y_val=y_val)
         print(result.metrics["nll_ts"])   # the test NLL after temperature scaling on x_val
+
+    A regression model, ``bayesian(net, likelihood="normal")``. Usage::
+
+        import pyro
+        import torch
+        from pyro.infer import SVI, Trace_ELBO
+        from pyro.infer.autoguide import AutoNormal
+        from pyro_otmdr.bayes import bayesian
+        from pyro_otmdr.evaluation import evaluate
+
+        x = torch.randn(64, 4)
+        y = x.sum(-1) + 0.1 * torch.randn(64)                  # real targets, shape (N,)
+        model = bayesian(torch.nn.Linear(4, 1), num_data=32, likelihood="normal")
+        guide = AutoNormal(model)
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 5e-2}), Trace_ELBO())
+        for _ in range(20):
+            svi.step(x[:32], y[:32])
+        result = evaluate(model, guide, x[32:], y[32:], num_samples=16)
+        assert {"rmse", "nll", "crps", "coverage_90"} <= set(result.metrics)
+        assert result.loc.shape == (16, 32)    # each draw's Normal of each test point
     """
-    _check_args(x, y, x_val, y_val, x_ood, num_samples, batch_size, num_bins, site)
+    _check_args(x, x_val, y_val, x_ood, num_samples, batch_size, num_bins, site)
     device = guide_device(guide, device)
     kind, num_draws = draw_kind(guide, num_samples)
-    splits = {"test": _Accumulator(x, y, device, num_draws)}
-    if x_val is not None:
-        splits["val"] = _Accumulator(x_val, y_val, device)
-    if x_ood is not None:
-        splits["ood"] = _Accumulator(x_ood, None, device)
+    base_seed = int(torch.randint(0, 2**62, ()).item())
+
+    def make_splits(likelihood: str) -> dict:
+        if likelihood != "categorical":
+            _check_regression(x, y, likelihood, site, x_val, x_ood)
+            return {"test": _RegressionAccumulator(x, y, device, num_draws, likelihood)}
+        _check_split("x", x, y)
+        splits = {"test": _Accumulator(x, y, device, num_draws)}
+        if x_val is not None:
+            _check_split("x_val", x_val, y_val)
+            splits["val"] = _Accumulator(x_val, y_val, device)
+        if x_ood is not None:
+            splits["ood"] = _Accumulator(x_ood, None, device)
+        return splits
+
     with torch.no_grad():
-        _run_draws(model, guide, splits, kind, num_draws, site, batch_size, device)
+        likelihood, splits = _run_draws(
+            model, guide, x, make_splits, kind, num_draws, site, batch_size, device, base_seed
+        )
+    if likelihood != "categorical":
+        return _regression_result(splits["test"], y, site, num_bins)
     probs = splits["test"].mean_probs()
     labels = y.detach().cpu().long()
     val = None
@@ -280,4 +433,40 @@ def evaluate(
         ood_probs=ood_probs,
         site=site,
         num_bins=num_bins,
+    )
+
+
+def _check_regression(x, y, likelihood: str, site: str, x_val, x_ood) -> None:
+    """The arguments of :func:`evaluate` that a regression model takes (and those it does not)."""
+    _check_targets(x, y, likelihood, site)
+    if x_val is not None:
+        raise ValueError(
+            "x_val and y_val fit the temperature of a classifier; a regression model (site "
+            f"{site!r} is {likelihood}) takes none: evaluate the validation split on its own"
+        )
+    if x_ood is not None:
+        raise ValueError(
+            "x_ood scores out-of-distribution detection by a classifier's confidence; a "
+            f"regression model (site {site!r} is {likelihood}) takes none"
+        )
+
+
+def _regression_result(
+    test: _RegressionAccumulator, y: torch.Tensor, site: str, num_bins: int
+) -> EvaluationResult:
+    """The :class:`EvaluationResult` of a regression model: metrics of the mixture of the draws."""
+    targets = y.detach().to("cpu", torch.float64)
+    return EvaluationResult(
+        metrics=test.metrics(targets),
+        probs=None,
+        log_likelihood=test.log_likelihood(targets),
+        labels=targets,
+        predictive_samples=test.samples,
+        draw_accuracy=None,
+        site=site,
+        num_bins=num_bins,
+        likelihood=test.likelihood,
+        loc=test.loc,
+        scale=test.scale,
+        df=test.df,
     )

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .plots import plot_pava, plot_reliability
+from . import regression
+from .plots import plot_coverage, plot_pava, plot_pit, plot_reliability
 
 __all__ = ["EvaluationResult"]
 
@@ -34,19 +35,34 @@ __all__ = ["EvaluationResult"]
 class EvaluationResult:
     """Summaries of a posterior-predictive evaluation (all tensors on the CPU).
 
-    :ivar metrics: ``accuracy``, ``nll``, ``brier``, ``ece``, ``auroc``; ``auroc_ood`` when OOD
-        inputs were given; ``temperature``, ``nll_ts``, ``brier_ts``, ``ece_ts`` when a validation
-        split was given. Undefined values (e.g. AUROC with no error at all) are ``nan``.
-    :ivar probs: mean predictive probabilities, ``(n_test, C)``, float64.
+    A classifier's (``likelihood == "categorical"``) and a regression model's (``"normal"`` or
+    ``"studentt"``, :attr:`is_regression`) share the class; the fields that only one of them
+    has are ``None`` for the other.
+
+    :ivar metrics: a classifier's ``accuracy``, ``nll``, ``brier``, ``ece``, ``auroc``;
+        ``auroc_ood`` when OOD inputs were given; ``temperature``, ``nll_ts``, ``brier_ts``,
+        ``ece_ts`` when a validation split was given. Undefined values (e.g. AUROC with no error
+        at all) are ``nan``. A regression model's: ``rmse``, ``mae``, ``nll``, ``crps``,
+        ``coverage_50``, ``coverage_90``, ``coverage_95``, ``interval_width_90``,
+        ``calibration_error`` (:func:`~.regression.regression_metrics`).
+    :ivar probs: mean predictive probabilities, ``(n_test, C)``, float64 (``None`` for
+        regression).
     :ivar log_likelihood: ``log p(y_i | x_i, theta_s)`` per draw and test point,
         ``(n_draws, n_test)``.
-    :ivar labels: the test labels, ``(n_test,)``.
-    :ivar predictive_samples: one label sampled from each draw's predictive,
-        ``(n_draws, n_test)``.
-    :ivar draw_accuracy: test accuracy of each draw on its own, ``(n_draws,)``.
+    :ivar labels: the test labels, ``(n_test,)`` (regression: the targets, float64).
+    :ivar predictive_samples: one label (regression: one target) sampled from each draw's
+        predictive, ``(n_draws, n_test)``.
+    :ivar draw_accuracy: test accuracy of each draw on its own, ``(n_draws,)`` (``None`` for
+        regression).
     :ivar ood_probs: mean predictive probabilities of the OOD inputs, or ``None``.
     :ivar site: name of the observed sample site.
     :ivar num_bins: number of confidence bins of the ECE and the reliability diagram.
+    :ivar likelihood: the observed site's distribution: ``categorical``, ``normal`` or
+        ``studentt``.
+    :ivar loc: regression only: each draw's predictive location of each test point,
+        ``(n_draws, n_test)``, float64 (the mixture predictive is their equal-weight mixture).
+    :ivar scale: regression only: each draw's predictive scale, ``(n_draws, n_test)``.
+    :ivar df: StudentT only: each draw's degrees of freedom, ``(n_draws, n_test)``.
 
     Usage::
 
@@ -65,19 +81,36 @@ class EvaluationResult:
     """
 
     metrics: dict[str, float]
-    probs: torch.Tensor
+    probs: torch.Tensor | None
     log_likelihood: torch.Tensor
     labels: torch.Tensor
     predictive_samples: torch.Tensor
-    draw_accuracy: torch.Tensor
+    draw_accuracy: torch.Tensor | None
     ood_probs: torch.Tensor | None = None
     site: str = "obs"
     num_bins: int = 15
+    likelihood: str = "categorical"
+    loc: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+    df: torch.Tensor | None = None
 
     @property
     def num_draws(self) -> int:
         """Number of posterior draws (ensemble members, samples, or 1 for a point estimate)."""
         return int(self.log_likelihood.shape[0])
+
+    @property
+    def is_regression(self) -> bool:
+        """Whether the observed site is a Normal or StudentT (else a classifier's Categorical)."""
+        return self.likelihood != "categorical"
+
+    def _draw_quantities(self) -> dict[str, np.ndarray]:
+        """Each draw's test metrics on its own: accuracy (regression: RMSE of its mean) and NLL."""
+        draw_nll = -self.log_likelihood.double().mean(-1)
+        if self.is_regression:
+            rmse = (self.loc - self.labels.double()).square().mean(-1).sqrt()
+            return {"rmse": rmse.numpy(), "nll": draw_nll.numpy()}
+        return {"accuracy": self.draw_accuracy.double().numpy(), "nll": draw_nll.numpy()}
 
     def to_datatree(self, num_chains: int = 1):
         """The evaluation as an ArviZ ``xarray.DataTree``.
@@ -87,9 +120,13 @@ class EvaluationResult:
         * ``posterior_predictive``: variable ``site``, a label sampled from each draw's predictive;
         * ``log_likelihood``: variable ``site``, the per-draw log-likelihood of each test point;
         * ``observed_data``: variable ``site``, the test labels;
-        * ``posterior``: ``accuracy`` and ``nll`` of each draw on the test set. They are
-          functions of the parameters (derived quantities); the latent weights themselves are not
-          stored. ``az.loo`` needs this group to exist, ``ess``/``rhat``/``summary`` read it.
+        * ``posterior``: ``accuracy`` (regression: ``rmse``, of the draw's mean) and ``nll`` of
+          each draw on the test set. They are functions of the parameters (derived quantities);
+          the latent weights themselves are not stored. ``az.loo`` needs this group to exist,
+          ``ess``/``rhat``/``summary`` read it.
+
+        Regression: the posterior predictive holds one real target sampled from each draw's
+        Normal or StudentT, and the observed data the targets.
 
         Draws of a guide are independent, so the default is one chain (``az.loo`` then uses a
         relative efficiency of exactly 1). R-hat compares chains and is ``nan`` with one chain;
@@ -123,11 +160,9 @@ class EvaluationResult:
             )
         shape = (num_chains, self.num_draws // num_chains)
         n = self.labels.shape[0]
-        draw_nll = -self.log_likelihood.mean(-1)
         data = {
             "posterior": {
-                "accuracy": self.draw_accuracy.double().numpy().reshape(shape),
-                "nll": draw_nll.double().numpy().reshape(shape),
+                name: value.reshape(shape) for name, value in self._draw_quantities().items()
             },
             "posterior_predictive": {self.site: self.predictive_samples.numpy().reshape(*shape, n)},
             "log_likelihood": {self.site: self.log_likelihood.double().numpy().reshape(*shape, n)},
@@ -138,7 +173,8 @@ class EvaluationResult:
     def plot_calibration(
         self, path: str | Path, *, pava_samples: int = 200, seed: int = 0, dpi: int = 80
     ) -> list[Path]:
-        """Write a reliability diagram at ``path`` and ArviZ's PAV calibration plot beside it.
+        """Write a reliability diagram at ``path`` and ArviZ's PAV calibration plot beside it
+        (regression: the coverage calibration curve and ArviZ's PIT plot).
 
         The reliability diagram shows the accuracy in each of ``num_bins`` equal-width confidence
         bins against the diagonal, with the ECE in its title. The second PNG,
@@ -148,6 +184,12 @@ class EvaluationResult:
         for this plot ``pava_samples`` labels per test point are drawn from the mean predictive
         (the same distribution as ``to_datatree()``'s one label per draw, with a resolution of
         ``1/pava_samples`` instead of ``1/n_draws``; a point estimate works too).
+
+        Regression: ``path`` is the calibration curve, the observed coverage of the central
+        predictive intervals against their nominal level (:func:`~.regression.calibration_curve`,
+        with the calibration error in the title), and ``<stem>_pit.png`` is
+        ``arviz_plots.plot_ppc_pit(..., coverage=True)`` of ``pava_samples`` targets per test
+        point drawn from the mixture predictive.
 
         :returns: the two written paths.
 
@@ -173,6 +215,14 @@ class EvaluationResult:
         if path.suffix.lower() != ".png":
             raise ValueError(f"path must end in .png, got {str(path)!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
+        if self.is_regression:
+            pit_path = path.with_name(f"{path.stem}_pit.png")
+            nominal, observed = regression.calibration_curve(
+                self.labels, self.loc, self.scale, self.df
+            )
+            plot_coverage(nominal, observed, path, dpi)
+            plot_pit(self, pit_path, pava_samples, seed, dpi)
+            return [path, pit_path]
         pava_path = path.with_name(f"{path.stem}_pava.png")
         plot_reliability(self.probs, self.labels, self.num_bins, path, dpi)
         plot_pava(self, pava_path, pava_samples, seed, dpi)

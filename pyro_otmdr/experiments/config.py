@@ -35,10 +35,12 @@ from .names import (
     DATA_ROBUST,
     DATASET_NAMES,
     DEFAULT_RHO,
+    GEOMETRIES,
     GUIDES,
     METHODS,
     MODEL_NAMES,
     OPTIMIZERS,
+    REGRESSION_DATASETS,
     SCHEDULES,
     users_of,
 )
@@ -145,6 +147,16 @@ class ExperimentConfig:
     noise_std: float = setting(
         _NO_NOISE, _METHOD, "ascent noise std", _NON_NEGATIVE, flag="--noise"
     )
+    geometry: str = setting(
+        "global",
+        _METHOD,
+        "how the ascent move spends rho: global (the paper's), layer (rho times each tensor's "
+        "norm), elementwise (ASAM), posterior (a Gaussian guide's means in units of its scales)",
+        Choice(GEOMETRIES, "geometry"),
+        grid="list",
+        grid_help=f"comma-separated geometries from {', '.join(GEOMETRIES)}, a grid dimension "
+        "(rho is chosen per geometry on validation) (default global)",
+    )
     data_robust: str = setting(
         "none",
         _ROBUST,
@@ -192,6 +204,21 @@ class ExperimentConfig:
             check_setting(spec, getattr(self, spec.name))
         if self.width is not None and self.model not in ("cnn", "resnet10", "resnet18"):
             raise ValueError(f"width applies to cnn, resnet10 and resnet18, not {self.model!r}")
+        if self.dataset in REGRESSION_DATASETS and self.model != "mlp":
+            raise ValueError(
+                f"{self.dataset} is a regression data set of flat features: use model 'mlp', "
+                f"not {self.model!r}"
+            )
+        if self.dataset in REGRESSION_DATASETS and self.data_robust != "none":
+            raise ValueError(
+                f"the data-robust losses attack a classifier's inputs; {self.dataset} is a "
+                "regression data set: use data_robust 'none'"
+            )
+        if self.geometry == "posterior" and self.guide != "normal" and self.method != "svi":
+            raise ValueError(
+                f"geometry 'posterior' moves a Gaussian guide's means in units of its scales; "
+                f"the {self.guide!r} guide has none: use --guide normal or another geometry"
+            )
         _check_data_robust_builds(self)
         rho = DEFAULT_RHO[self.guide] if self.rho is None else self.rho
         return replace(self, rho=rho, hidden=tuple(int(h) for h in self.hidden))
@@ -207,7 +234,11 @@ class ExperimentConfig:
 
         A checkpoint records it, so a run directory whose ``config.json`` was edited is caught.
         """
-        decisive = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+        decisive = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in RUNTIME_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])
+        }
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
 
     @classmethod
@@ -230,6 +261,11 @@ class ExperimentConfig:
 #: Where and how a run executes, not what it computes: ``config.json`` may change these (another
 #: device, a moved data folder) and still match the checkpoint's fingerprint.
 RUNTIME_KEYS = ("device", "num_workers", "data_dir", "download")
+
+#: Settings added after checkpoints began to record fingerprints, with the value that gives the
+#: behaviour from before them: a setting at that value is left out of the fingerprint, so a run
+#: directory written before it existed still matches its checkpoint.
+LATER_KEYS: dict[str, Any] = {"geometry": "global"}
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,),

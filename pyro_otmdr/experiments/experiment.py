@@ -58,6 +58,11 @@ class Experiment:
     def num_data(self) -> int:
         return len(self.splits.train)
 
+    @property
+    def is_regression(self) -> bool:
+        """Whether the data set is a regression one (a ``BayesianRegressor``, Normal noise)."""
+        return self.splits.is_regression
+
     def train_batches(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """The shuffled training batches of ``epoch``, on the device.
 
@@ -116,6 +121,8 @@ def _load_splits(config: ExperimentConfig) -> DataSplits:
         return load_dataset("digits", seed=config.seed, as_images=config.model != "mlp")
     if config.dataset == "fakedata":
         return load_dataset("fakedata", seed=config.seed)
+    if config.dataset == "diabetes":
+        return load_dataset("diabetes", seed=config.seed)
     return load_dataset(
         config.dataset,
         config.data_dir,
@@ -127,6 +134,7 @@ def _load_splits(config: ExperimentConfig) -> DataSplits:
 
 def _network_factory(config: ExperimentConfig, splits: DataSplits) -> Callable[[], torch.nn.Module]:
     shape = splits.input_shape
+    outputs = 1 if splits.is_regression else splits.num_classes  # a regression net: the mean
     kwargs: dict[str, Any] = {}
     if config.model == "mlp":
         kwargs["hidden"] = config.hidden
@@ -139,7 +147,7 @@ def _network_factory(config: ExperimentConfig, splits: DataSplits) -> Callable[[
     def new_net() -> torch.nn.Module:
         return build_model(
             config.model,
-            num_classes=splits.num_classes,
+            num_classes=outputs,
             in_channels=shape[0] if len(shape) == 3 else 1,
             in_features=math.prod(shape),
             **kwargs,
@@ -158,11 +166,16 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     new_net = _network_factory(config, splits)
     num_data = len(splits.train)
     normalize = None if splits.normalization is None else Normalize(*splits.normalization)
+    likelihood = "normal" if splits.is_regression else "categorical"
     model = bayesian(
-        new_net(), num_data=num_data, prior_scale=config.prior_scale, input_transform=normalize
+        new_net(),
+        num_data=num_data,
+        prior_scale=config.prior_scale,
+        input_transform=normalize,
+        likelihood=likelihood,
     ).to(device)
     members = config.num_members if config.guide == "ensemble" else 0
-    starts = [_initial_values(new_net(), num_data, device) for _ in range(members)]
+    starts = [_initial_values(new_net(), num_data, device, likelihood) for _ in range(members)]
     guide = make_guide(config.guide, model, starts, init_scale=config.init_scale)
     loss = make_loss(config)
     optim = make_optim(config, num_data)
@@ -170,8 +183,10 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     return Experiment(config, splits, model, guide, loss, optim, svi, device)
 
 
-def _initial_values(net: torch.nn.Module, num_data: int, device: torch.device) -> dict:
-    values = bayesian(net, num_data=num_data).initial_values()
+def _initial_values(
+    net: torch.nn.Module, num_data: int, device: torch.device, likelihood: str
+) -> dict:
+    values = bayesian(net, num_data=num_data, likelihood=likelihood).initial_values()
     return {name: value.to(device) for name, value in values.items()}
 
 
@@ -198,6 +213,11 @@ def ood_inputs(experiment: Experiment, name: str) -> torch.Tensor:
     run's shape; its inputs are in their box like the run's.
     """
     config, shape = experiment.config, experiment.splits.input_shape
+    if experiment.is_regression:
+        raise ValueError(
+            f"OOD detection scores a classifier's confidence; {config.dataset} is a regression "
+            "data set (evaluate it without --ood)"
+        )
     if name == "fakedata":
         image = shape if len(shape) == 3 else (1, *_square(shape))
         size = len(experiment.splits.test)

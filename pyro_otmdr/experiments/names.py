@@ -23,17 +23,22 @@ __all__ = [
     "DATA_ROBUST_PARAMS",
     "DATA_ROBUST_REGISTRY",
     "DEFAULT_RHO",
+    "GEOMETRIES",
     "GUIDES",
     "METHODS",
     "MODEL_NAMES",
     "OPTIMIZERS",
+    "REGRESSION_DATASETS",
     "SCHEDULES",
     "SHIFT_NAMES",
     "THREAT_NAMES",
     "users_of",
 ]
 
-DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10", "cifar100", "fakedata")
+DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10", "cifar100", "fakedata", "diabetes")
+#: The regression data sets among them: a run builds ``bayesian(..., likelihood="normal")``,
+#: monitors the RMSE and reports the regression metrics (the others are classification).
+REGRESSION_DATASETS: tuple[str, ...] = ("diabetes",)
 MODEL_NAMES: tuple[str, ...] = (
     "mlp",
     "cnn",
@@ -47,6 +52,8 @@ MODEL_NAMES: tuple[str, ...] = (
 )
 GUIDES: tuple[str, ...] = ("delta", "ensemble", "normal")
 METHODS: tuple[str, ...] = ("svi", "sam", "otmdr")
+#: The geometries of the ascent move (:mod:`pyro_otmdr.model_space.geometry`), the default first.
+GEOMETRIES: tuple[str, ...] = ("global", "layer", "elementwise", "posterior")
 #: The data-robust training losses of ``ExperimentConfig.data_robust``, the one place that
 #: registers them: the class (``"module:attribute"``, imported when a run builds one) and the
 #: configuration fields it takes as keywords. A new loss is one line here; a parameter that no

@@ -37,7 +37,7 @@ __all__ = [
     "train_experiment",
 ]
 
-_MONITOR_DRAWS = 8  # posterior draws of the per-epoch accuracy (AutoNormal)
+_MONITOR_DRAWS = 8  # posterior draws of the per-epoch accuracy or RMSE (AutoNormal)
 _SPLITS = ("val", "test")
 
 
@@ -53,7 +53,8 @@ def train_experiment(
     """Train for ``config.epochs``; return one dict per epoch (loss, accuracy, lr, timing).
 
     After each epoch the accuracy of the posterior predictive (8 draws for AutoNormal) on the
-    validation split, or the test split when there is none, is measured; ``log`` gets one line
+    validation split, or the test split when there is none, is measured (``val_accuracy``; for a
+    regression data set the RMSE of the predictive mean, ``val_rmse``); ``log`` gets one line
     per epoch and ``on_epoch(stats, record)`` is called (to write a checkpoint, say). A resumed
     run starts at ``start_epoch`` (the number of epochs already done). ``progress`` is the
     progress bar over each epoch's steps (default: only on a terminal). ``skip_nonfinite``
@@ -65,6 +66,7 @@ def train_experiment(
     """
     config = experiment.config
     monitor = "val" if experiment.splits.val is not None else "test"
+    metric, label = ("rmse", "rmse") if experiment.is_regression else ("accuracy", "acc")
     history: list[dict[str, float]] = []
     rates: dict[int, float] = {}
 
@@ -78,7 +80,7 @@ def train_experiment(
         record = {
             "epoch": stats.epoch + 1,
             "loss": stats.loss / experiment.num_data,
-            f"{monitor}_accuracy": _monitor_accuracy(experiment, monitor),
+            f"{monitor}_{metric}": _monitor(experiment, monitor, metric),
             "lr": rates.get(stats.epoch, experiment.current_lr()),
             "steps": stats.steps,
             "skipped": stats.skipped,
@@ -89,7 +91,7 @@ def train_experiment(
         if log is not None:
             log(
                 f"epoch {record['epoch']:>3}/{config.epochs}  loss {record['loss']:.4f}  "
-                f"{monitor} acc {record[f'{monitor}_accuracy']:.4f}  lr {record['lr']:.3g}  "
+                f"{monitor} {label} {record[f'{monitor}_{metric}']:.4f}  lr {record['lr']:.3g}  "
                 f"{stats.step_ms:.1f} ms/step  {stats.seconds:.1f} s"
             )
         if on_epoch is not None:
@@ -110,7 +112,7 @@ def train_experiment(
     return history
 
 
-def _monitor_accuracy(experiment: Experiment, split: str) -> float:
+def _monitor(experiment: Experiment, split: str, metric: str) -> float:
     x, y = experiment.split_tensors(split)
     draws = min(experiment.config.num_samples, _MONITOR_DRAWS)
     experiment.model.eval()
@@ -118,7 +120,16 @@ def _monitor_accuracy(experiment: Experiment, split: str) -> float:
         result = evaluate(experiment.model, experiment.guide, x, y, num_samples=draws)
     finally:
         experiment.model.train()
-    return result.metrics["accuracy"]
+    return result.metrics[metric]
+
+
+def _classifiers_only(experiment: Experiment, what: str) -> None:
+    """A ``ValueError`` saying that ``what`` is for classifiers, for a regression run."""
+    if experiment.is_regression:
+        raise ValueError(
+            f"{what} are for classifiers (they measure accuracy); {experiment.config.dataset} is "
+            "a regression data set: evaluate it with 'otmdr evaluate' (RMSE, NLL, CRPS, coverage)"
+        )
 
 
 def evaluate_experiment(
@@ -130,13 +141,14 @@ def evaluate_experiment(
 ) -> EvaluationResult:
     """:func:`~pyro_otmdr.evaluate` on ``split`` (``test`` or ``val``), in eval mode.
 
-    On the test split the temperature is fitted on the validation split when there is one. The
-    torch RNG is seeded with ``config.seed`` first, so evaluating a run again gives the same draws.
+    On the test split the temperature of a classifier is fitted on the validation split when
+    there is one (a regression run has none). The torch RNG is seeded with ``config.seed``
+    first, so evaluating a run again gives the same draws.
     """
     Choice(_SPLITS, "split").check("split", split)
     x, y = experiment.split_tensors(split)
     val = {}
-    if split == "test" and experiment.splits.val is not None:
+    if split == "test" and experiment.splits.val is not None and not experiment.is_regression:
         val = dict(zip(("x_val", "y_val"), experiment.split_tensors("val"), strict=True))
     with _seeded_eval(experiment):
         return evaluate(
@@ -174,7 +186,10 @@ def attack_experiment(
     """:func:`~pyro_otmdr.robustness` of the run on ``split``, in eval mode, seeded by the config.
 
     The inputs are the split's own, in their ``[0, 1]`` box (normalisation is inside the model).
+
+    :raises ValueError: for a regression run (the attacks are for classifiers).
     """
+    _classifiers_only(experiment, "attacks")
     Choice(_SPLITS, "split").check("split", split)
     x, y = experiment.split_tensors(split, on_device=True)
     with _seeded_eval(experiment):
@@ -204,7 +219,11 @@ def shift_experiment(
 
     Shifts act on the split's own inputs in their ``[0, 1]`` box, seeded by the config's seed, and
     every evaluation draws from the same seeded RNG, so the table is reproducible.
+
+    :raises ValueError: for a regression run (the shifts are image corruptions of classifiers'
+        inputs).
     """
+    _classifiers_only(experiment, "input shifts")
     Choice(_SPLITS, "split").check("split", split)
     x, y = experiment.split_tensors(split, on_device=True)
     with _seeded_eval(experiment):
@@ -222,7 +241,8 @@ def shift_experiment(
 
 
 def run_experiment(config: ExperimentConfig | None = None, **overrides: Any) -> dict[str, float]:
-    """Build, train and evaluate one run quietly; return the test metrics of :func:`evaluate`."""
+    """Build, train and evaluate one run quietly; return the test metrics of :func:`evaluate`
+    (a classifier's, or for a regression data set such as ``diabetes`` the regression ones)."""
     config = ExperimentConfig(**{**(config.__dict__ if config else {}), **overrides})
     experiment = build_experiment(config)
     train_experiment(experiment)

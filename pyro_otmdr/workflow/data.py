@@ -1,7 +1,9 @@
-"""Data sets: scikit-learn digits, CIFAR-10/100 (torchvision) and FakeData, as train/val/test.
+"""Data sets: scikit-learn digits, CIFAR-10/100 (torchvision) and FakeData, as train/val/test;
+scikit-learn diabetes for regression.
 
 Every loader returns a :class:`DataSplits` of ``torch.utils.data.Dataset`` objects
-(``val`` may be ``None``) with the number of classes and the input shape;
+(``val`` may be ``None``) with the number of classes (0 for a regression data set, whose
+``task`` is ``"regression"``) and the input shape;
 :meth:`DataSplits.loaders` wraps them in ``DataLoader`` s. :func:`load_dataset`
 is the one entry point by name.
 
@@ -20,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
+from sklearn.datasets import load_diabetes, load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets
@@ -29,12 +31,15 @@ from torchvision import transforms as T
 __all__ = [
     "CIFAR_STATS",
     "DATASET_NAMES",
+    "REGRESSION_DATASETS",
+    "TASKS",
     "DataSplits",
     "Loaders",
     "cifar_transforms",
     "default_data_dir",
     "load_cifar",
     "load_dataset",
+    "load_diabetes_split",
     "load_digits_split",
     "load_fakedata",
 ]
@@ -46,6 +51,10 @@ CIFAR_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 _CIFAR_CLASSES = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
+
+#: What a data set's targets are: class labels (``classification``) or real numbers
+#: (``regression``, observed by ``bayesian(..., likelihood="normal")``).
+TASKS: tuple[str, ...] = ("classification", "regression")
 _CIFAR_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
@@ -68,6 +77,11 @@ class DataSplits:
     (:class:`~pyro_otmdr.workflow.models.Normalize`), so that attacks move the data in
     their own box.
 
+    A regression data set (``task == "regression"``, :func:`load_diabetes_split`) has items
+    ``(input tensor, float target)``, ``num_classes == 0``, and ``target_normalization``
+    ``(mean, std)``: the floats its targets were standardised with, so that a target (or an
+    RMSE) ``t`` in standardised units is ``mean + std * t`` (``std * t``) in the original ones.
+
     Usage::
 
         from pyro_otmdr.workflow.data import load_dataset
@@ -86,6 +100,13 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, ...]
     normalization: tuple[torch.Tensor, torch.Tensor] | None = None
+    task: str = "classification"
+    target_normalization: tuple[float, float] | None = None
+
+    @property
+    def is_regression(self) -> bool:
+        """Whether the targets are real numbers (``task == "regression"``)."""
+        return self.task == "regression"
 
     def loaders(
         self,
@@ -200,6 +221,90 @@ def _stratified_split(
         test_size=val_fraction / (1.0 - test_fraction),
         random_state=seed,
         stratify=y_rest,
+    )
+    parts.update(train=(x_train, y_train), val=(x_val, y_val))
+    return parts
+
+
+# ---------------------------------------------------------------- diabetes
+
+
+def load_diabetes_split(
+    seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.2
+) -> DataSplits:
+    """scikit-learn's diabetes regression data (442 patients, 10 features), split, standardised.
+
+    The target is a measure of disease progression one year after baseline. The splits are
+    random, fixed by ``seed`` (the same fractions as digits: 286 / 67 / 89 with the defaults).
+    Features and targets are standardised with the mean and standard deviation of the training
+    split (features from scikit-learn's unscaled values), so metrics such as the RMSE are in
+    standardised units: predicting the training mean scores an RMSE near 1. The target's
+    ``(mean, std)`` is kept as ``target_normalization`` to report them in the original units
+    (``rmse * std``; the standard deviation is about 77). Inputs and targets are float32 tensors,
+    ``(10,)`` and ``()`` per item; ``normalization`` is ``None`` (the features are standardised
+    already; this data set has no box to attack in, and attacks are for classifiers).
+
+    :param seed: seed of the random split.
+    :param val_fraction: share of the data in the val split (0 for no val split).
+    :param test_fraction: share of the data in the test split.
+
+    Usage::
+
+        import torch
+        from pyro_otmdr.workflow.data import load_diabetes_split
+
+        splits = load_diabetes_split(seed=0)
+        x_train, y_train = splits.train.tensors     # (286, 10) float32, (286,) float32
+        assert splits.task == "regression" and splits.input_shape == (10,)
+        assert abs(float(y_train.mean())) < 1e-5 and y_train.dtype == torch.float32
+        mean, std = splits.target_normalization     # the targets' original units
+        assert 70 < std < 85
+    """
+    if not 0.0 < test_fraction < 1.0 or not 0.0 <= val_fraction < 1.0:
+        raise ValueError("test_fraction must lie in (0, 1) and val_fraction in [0, 1)")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + test_fraction must be below 1 to leave training data, "
+            f"got {val_fraction} + {test_fraction}"
+        )
+    x, y = load_diabetes(return_X_y=True, scaled=False)
+    parts = _random_split(x, y, seed, val_fraction, test_fraction)
+    x_train, y_train = parts["train"]
+    mean, std = x_train.mean(0), x_train.std(0)
+    std[std == 0] = 1.0
+    target_mean, target_std = float(y_train.mean()), float(y_train.std())
+
+    def to_dataset(xs: np.ndarray, ys: np.ndarray) -> TensorDataset:
+        features = torch.as_tensor((xs - mean) / std, dtype=torch.float32)
+        targets = torch.as_tensor((ys - target_mean) / target_std, dtype=torch.float32)
+        return TensorDataset(features, targets)
+
+    val = parts.get("val")
+    return DataSplits(
+        name="diabetes",
+        train=to_dataset(*parts["train"]),
+        val=None if val is None else to_dataset(*val),
+        test=to_dataset(*parts["test"]),
+        num_classes=0,
+        input_shape=(x.shape[1],),
+        normalization=None,
+        task="regression",
+        target_normalization=(target_mean, target_std),
+    )
+
+
+def _random_split(
+    x: np.ndarray, y: np.ndarray, seed: int, val_fraction: float, test_fraction: float
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=test_fraction, random_state=seed
+    )
+    parts = {"test": (x_test, y_test)}
+    if val_fraction == 0:
+        parts["train"] = (x_rest, y_rest)
+        return parts
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=val_fraction / (1.0 - test_fraction), random_state=seed
     )
     parts.update(train=(x_train, y_train), val=(x_val, y_val))
     return parts
@@ -351,7 +456,9 @@ def load_fakedata(
 # ---------------------------------------------------------------- entry point
 
 #: The names :func:`load_dataset` accepts.
-DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10", "cifar100", "fakedata")
+DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10", "cifar100", "fakedata", "diabetes")
+#: The regression data sets among :data:`DATASET_NAMES` (the others are classification).
+REGRESSION_DATASETS: tuple[str, ...] = ("diabetes",)
 
 
 def load_dataset(
@@ -364,7 +471,8 @@ def load_dataset(
 ) -> DataSplits:
     """Load a data set by name as :class:`DataSplits`.
 
-    ``digits`` (:func:`load_digits_split`) and ``fakedata`` (:func:`load_fakedata`)
+    ``digits`` (:func:`load_digits_split`), ``diabetes`` (:func:`load_diabetes_split`,
+    regression) and ``fakedata`` (:func:`load_fakedata`)
     need no files and ignore ``data_dir``/``download``; ``cifar10`` and ``cifar100``
     (:func:`load_cifar`) read ``data_dir``. Extra keyword arguments go to those
     functions (``val_fraction``, ``as_images``; ``val_size``, ``augment``;
@@ -387,6 +495,8 @@ def load_dataset(
     """
     if name == "digits":
         return load_digits_split(seed=seed, **kwargs)
+    if name == "diabetes":
+        return load_diabetes_split(seed=seed, **kwargs)
     if name in _CIFAR_CLASSES:
         return load_cifar(name, data_dir, download, seed=seed, **kwargs)
     if name == "fakedata":

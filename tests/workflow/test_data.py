@@ -214,6 +214,43 @@ def test_fakedata():
 
 
 def test_unknown_name_lists_the_choices():
-    with pytest.raises(ValueError, match="digits, cifar10, cifar100, fakedata"):
+    with pytest.raises(ValueError, match="digits, cifar10, cifar100, fakedata, diabetes"):
         load_dataset("mnist")
-    assert DATASET_NAMES == ("digits", "cifar10", "cifar100", "fakedata")
+    assert DATASET_NAMES == ("digits", "cifar10", "cifar100", "fakedata", "diabetes")
+
+
+# ------------------------------------------------------------------ diabetes
+
+
+def test_diabetes_is_standardised_with_the_training_split_and_fixed_by_seed():
+    from sklearn.datasets import load_diabetes
+
+    from pyro_otmdr.workflow.data import REGRESSION_DATASETS, load_diabetes_split
+
+    splits = load_dataset("diabetes", seed=0)
+    assert REGRESSION_DATASETS == ("diabetes",) and splits.is_regression
+    assert splits.task == "regression" and splits.num_classes == 0 and splits.normalization is None
+    sizes = [len(splits.train), len(splits.val), len(splits.test)]
+    assert sum(sizes) == 442 and abs(sizes[2] - 0.2 * 442) <= 1 and abs(sizes[1] - 0.15 * 442) <= 1
+    x, y = splits.train.tensors
+    assert x.shape == (sizes[0], 10) and y.shape == (sizes[0],) and y.dtype == torch.float32
+    assert splits.input_shape == (10,)
+    # float32 means of ~290 standardised values: float32 eps times ~290
+    tol = 290 * EPS32
+    assert torch.allclose(x.mean(0), torch.zeros(10), atol=tol)
+    ones = torch.ones(10, dtype=torch.float64)  # numpy's std: the population one
+    assert torch.allclose(x.double().std(0, unbiased=False), ones, atol=tol)
+    assert abs(float(y.mean())) < tol and abs(float(y.double().std(unbiased=False)) - 1) < tol
+    # the target's original units come back with the stored mean and std
+    mean, std = splits.target_normalization
+    raw = load_diabetes(scaled=False).target
+    originals = sorted(round(float(mean + std * t), 3) for t in y.double())
+    assert set(originals) <= {round(float(v), 3) for v in raw}
+    again = load_diabetes_split(seed=0)
+    assert torch.equal(again.test.tensors[1], splits.test.tensors[1])
+    other = load_diabetes_split(seed=1)
+    assert not torch.equal(other.test.tensors[1], splits.test.tensors[1])
+    no_val = load_diabetes_split(seed=0, val_fraction=0.0)
+    assert no_val.val is None and len(no_val.train) == sizes[0] + sizes[1]
+    with pytest.raises(ValueError, match="below 1"):
+        load_diabetes_split(val_fraction=0.5, test_fraction=0.5)

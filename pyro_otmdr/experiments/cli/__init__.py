@@ -8,7 +8,9 @@ with a progress bar and per-epoch lines and writes a run directory (``--out``)::
     checkpoint.pt      param store, optimiser and loss state, epoch, step, config (every epoch)
     metrics.json       test metrics, mean step time, versions
     tree.nc            the ArviZ DataTree of the test predictive (az.from_netcdf reads it)
-    calibration.png    reliability diagram, and calibration_pava.png (ArviZ PAV plot)
+    calibration.png    reliability diagram, and calibration_pava.png (ArviZ PAV plot); for a
+                       regression data set (diabetes) the coverage calibration curve and
+                       calibration_pit.png (ArviZ PIT plot)
 
 Ctrl-C stops it with exit status 130 and prints the ``otmdr train --resume RUN_DIR`` command
 that continues from the last checkpoint. ``otmdr evaluate RUN_DIR`` rebuilds the run from

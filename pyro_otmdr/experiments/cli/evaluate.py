@@ -16,13 +16,16 @@ import argparse
 
 from ..experiment import ood_inputs
 from ..runs import evaluate_experiment, shift_experiment
+from .parser import UsageError
 from .rundir import (
     add_to_tree,
     environment,
     load_run,
     print_metrics,
+    print_target_units,
     read_tree,
     require_run,
+    target_units,
     write_evaluation,
     write_json,
     write_plot,
@@ -42,14 +45,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.shift and (args.run_dir / "tree.nc").is_file():
         read_tree(args.run_dir / "tree.nc")  # a damaged tree stops the command before the work
     experiment, checkpoint = load_run(args.run_dir, args.device)
+    if experiment.is_regression and args.shift:
+        raise UsageError(
+            f"--shift corrupts the inputs of image classifiers; {experiment.config.dataset} is a "
+            "regression data set: evaluate it without --shift"
+        )
     x_ood = None if args.ood is None else ood_inputs(experiment, args.ood)
     result = evaluate_experiment(experiment, args.split, x_ood=x_ood, num_samples=args.num_samples)
     suffix = f"-{args.split}" + (f"-ood-{args.ood}" if args.ood else "")
     extra = {"split": args.split, "ood": args.ood, "epoch": checkpoint.epoch}
+    extra.update(target_units(experiment))
     write_evaluation(args.run_dir, "evaluation", suffix, result, {**extra, **environment()})
     print(f"{args.run_dir} after epoch {checkpoint.epoch}, {args.split} split"
           + (f", OOD {args.ood}" if args.ood else "") + ":")  # fmt: skip
     print_metrics(result.metrics)
+    print_target_units(experiment, result.metrics)
     print(f"wrote {args.run_dir / f'evaluation{suffix}.json'} and calibration{suffix}.png")
     if args.shift:
         _shift(args, experiment, {"split": args.split, "epoch": checkpoint.epoch})

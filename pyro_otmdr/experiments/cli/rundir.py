@@ -60,10 +60,12 @@ __all__ = [
     "load_run",
     "mean_step_ms",
     "print_metrics",
+    "print_target_units",
     "read_tree",
     "require_run",
     "resolve_device",
     "save_run_checkpoint",
+    "target_units",
     "write_evaluation",
     "write_json",
     "write_plot",
@@ -262,8 +264,28 @@ def write_plot(path: Path, plot: Any) -> None:
 
 def print_metrics(metrics: dict[str, float]) -> None:
     """One indented line per metric."""
+    width = max([12, *(len(name) + 1 for name in metrics)])
     for name, value in metrics.items():
-        print(f"  {name:<12} {value:.4f}")
+        print(f"  {name:<{width}} {value:.4f}")
+
+
+def target_units(experiment: Experiment) -> dict[str, float]:
+    """A regression run's target scale, ``{"target_mean": ..., "target_std": ...}``, for the
+    JSON of its metrics (which are in standardised units); empty for a classifier."""
+    units = experiment.splits.target_normalization
+    if not experiment.is_regression or units is None:
+        return {}
+    return {"target_mean": units[0], "target_std": units[1]}
+
+
+def print_target_units(experiment: Experiment, metrics: dict[str, float]) -> None:
+    """For a regression run: the line that gives RMSE, MAE and CRPS in the original units."""
+    units = target_units(experiment)
+    if not units:
+        return
+    std = units["target_std"]
+    original = ", ".join(f"{k} {metrics[k] * std:.4g}" for k in ("rmse", "mae", "crps"))
+    print(f"  (standardised targets; in the original units, std {std:.4g}: {original})")
 
 
 def mean_step_ms(history: Sequence[dict]) -> float:

@@ -36,8 +36,10 @@ from .rundir import (
     load_run,
     mean_step_ms,
     print_metrics,
+    print_target_units,
     require_run,
     save_run_checkpoint,
+    target_units,
     write_evaluation,
     write_json,
     write_tree,
@@ -158,9 +160,11 @@ def _train(
     step_ms = mean_step_ms(history)
     timing = {"step_ms": step_ms, "train_seconds": train_seconds, "steps": steps}
     timing["skipped"] = sum(record.get("skipped", 0) for record in history)
-    write_evaluation(out, "metrics", "", result, {"split": "test", **timing, **environment()})
+    extra = {"split": "test", **timing, **target_units(experiment), **environment()}
+    write_evaluation(out, "metrics", "", result, extra)
     write_tree(out / "tree.nc", result.to_datatree())
     print(f"test ({len(result.labels)} examples, {result.num_draws} draws), {step_ms:.1f} ms/step:")
     print_metrics(result.metrics)
+    print_target_units(experiment, result.metrics)
     print(f"run directory: {out}")
     return 0
