@@ -8,6 +8,12 @@ With Pyro's minibatch idiom ``pyro.plate("data", size=N, subsample_size=len(x))`
 scaled by ``N / len(half)`` on its own, so the loss of a half is an unbiased estimate of the same
 objective as the loss of the whole batch.
 
+A step's batch also carries its row numbers (:func:`with_rows`: ``arange(B)`` as one more keyword
+argument), split with the data like any batch-aligned tensor, so that each pass knows which
+examples of the whole batch it holds: the fixed noise of a local latent variable follows its
+example (:mod:`.reparam_noise`). :func:`without_rows` takes them out again before the model and
+guide see the arguments.
+
 Usage::
 
     import torch
@@ -26,13 +32,24 @@ from typing import Any
 
 import torch
 
-__all__ = ["Batch", "BatchSplitter", "batch_size_of", "split_in_halves"]
+__all__ = [
+    "ROWS_KEY",
+    "Batch",
+    "BatchSplitter",
+    "batch_size_of",
+    "split_in_halves",
+    "with_rows",
+    "without_rows",
+]
 
 Batch = tuple[tuple[Any, ...], dict[str, Any]]
 """Positional and keyword arguments of one call of the model and guide."""
 
 BatchSplitter = Callable[[tuple[Any, ...], dict[str, Any], torch.Generator], tuple[Batch, Batch]]
 """``split(args, kwargs, generator) -> ((args1, kwargs1), (args2, kwargs2))``."""
+
+ROWS_KEY = "_pyro_otmdr_rows"
+"""The keyword argument under which a step's batch carries its row numbers."""
 
 
 def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
@@ -92,3 +109,37 @@ def _select(args: tuple[Any, ...], kwargs: dict[str, Any], size: int, index: tor
         return value
 
     return tuple(take(a) for a in args), {k: take(v) for k, v in kwargs.items()}
+
+
+def with_rows(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Batch:
+    """The batch with its row numbers, ``arange(B)`` under :data:`ROWS_KEY`, as one more
+    keyword argument (on the CPU, like the split's permutation), so that a split that splits
+    every batch-aligned tensor splits them with the data. Unchanged when no argument is a tensor
+    with a batch dimension.
+
+    Usage::
+
+        import torch
+        from pyro_otmdr.model_space.batching import split_in_halves, with_rows, without_rows
+
+        x = torch.arange(6.0) * 10
+        args, kwargs = with_rows((x,), {})
+        half, _ = split_in_halves(args, kwargs, torch.Generator().manual_seed(0))
+        (args1, kwargs1), rows = without_rows(half)
+        assert kwargs1 == {} and torch.equal(args1[0], x[rows])   # the rows of x it holds
+    """
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor) and value.dim() >= 1:
+            return args, {**kwargs, ROWS_KEY: torch.arange(value.shape[0])}
+    return args, kwargs
+
+
+def without_rows(batch: Batch) -> tuple[Batch, torch.Tensor | None]:
+    """The batch without its row numbers, and the row numbers (``None`` when it has none: a
+    split that dropped them, or a batch that never had them)."""
+    args, kwargs = batch
+    if ROWS_KEY not in kwargs:
+        return batch, None
+    kwargs = dict(kwargs)
+    rows = kwargs.pop(ROWS_KEY)
+    return (args, kwargs), rows

@@ -46,11 +46,12 @@ from pyro.infer import (
 )
 
 from ..bayes.wrapper import PreparesStep, WrapperELBO, check_wrappable
-from .batching import Batch, BatchSplitter, batch_size_of, split_in_halves
+from .batching import Batch, BatchSplitter, batch_size_of, split_in_halves, with_rows, without_rows
 from .constant_params import ConstantParams
 from .device_loss import loss_and_grads_on_device
+from .geometry import Geometry, scale_partner, scales_for
 from .perturbation import PerturbRule, perturbed_by_default
-from .reparam_noise import FixedReparamNoise
+from .reparam_noise import FixedReparamNoise, guess_plate_nesting
 from .savings import StepSavings
 from .step import NonFiniteLossError, ParamGroups, SharpnessAwareStep, StepInfo
 from .subsampling import PlateScaling
@@ -119,6 +120,10 @@ class OTMDR(WrapperELBO):
         along ``g2``.
     :param savings: the exact savings of the step (:class:`~pyro_otmdr.model_space.StepSavings`,
         all on by default); ``StepSavings.none()`` runs every pass as the algorithm reads.
+    :param geometry: how each ascent move spends its radius (see
+        :mod:`pyro_otmdr.model_space.geometry`): ``"global"`` (the paper's, default), ``"layer"``
+        (each tensor by ``rho`` times its own norm), ``"elementwise"`` (ASAM) or ``"posterior"``
+        (a Gaussian guide's means in units of their scales).
     """
 
     def __init__(
@@ -134,9 +139,10 @@ class OTMDR(WrapperELBO):
         seed: int | None = None,
         merge_grads: bool = False,
         savings: StepSavings | None = None,
+        geometry: str | Geometry | None = None,
     ) -> None:
         engine = SharpnessAwareStep.otmdr(
-            rho, rho2, n_particles, noise_std, seed, merge_grads, savings=savings
+            rho, rho2, n_particles, noise_std, seed, merge_grads, savings=savings, geometry=geometry
         )
         self._init(elbo, engine, perturb)
         self.split_batch = split_batch or split_in_halves
@@ -151,6 +157,11 @@ class OTMDR(WrapperELBO):
     def savings(self) -> StepSavings:
         """The exact savings the step uses."""
         return self.engine.savings
+
+    @property
+    def geometry(self) -> Geometry:
+        """How each ascent move spends its radius."""
+        return self.engine.geometry
 
     @property
     def rho(self) -> float:
@@ -188,9 +199,11 @@ class OTMDR(WrapperELBO):
     def _step(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> float:
         """One step for one point estimate or Gaussian guide (an ensemble member)."""
         savings = self.savings
-        reparam_noise = FixedReparamNoise(closed_form_logq=savings.closed_form_logq)
+        guess_plate_nesting(self.elbo, model, guide, args, kwargs)  # before the noise is fixed
+        reparam_noise = FixedReparamNoise.for_batch(args, kwargs, savings.closed_form_logq)
         fixed_guide = reparam_noise(guide)
-        args, kwargs = prepared_batch(self.elbo, model, fixed_guide, args, kwargs)
+        # the row numbers travel with the data: a local latent's noise follows its example
+        args, kwargs = with_rows(*prepared_batch(self.elbo, model, fixed_guide, args, kwargs))
         params = ParamGroups()
         # the fixed parameters' values, in passes that take no grad for them
         constants = ConstantParams(enabled=savings.served_constants)
@@ -198,12 +211,15 @@ class OTMDR(WrapperELBO):
         run_pass = loss_and_grads_on_device if savings.loss_on_device else _pyros_pass
 
         def evaluate(batch: Batch, label: str) -> torch.Tensor | float:
-            args, kwargs = batch
+            (args, kwargs), rows = without_rows(batch)
             if not params.all:  # the first pass: capture the parameters, validate, watch plates
                 scaling.append(PlateScaling(batch_size_of(args, kwargs)))
-                with self._capture(params, constants), scaling[0]:
-                    return run_pass(self.elbo, model, fixed_guide, args, kwargs)
-            with pyro.validation_enabled(False), constants:  # the first pass validated the inputs
+                with self._capture(params, constants), scaling[0], reparam_noise.on_rows(rows):
+                    loss = run_pass(self.elbo, model, fixed_guide, args, kwargs)
+                reparam_noise.settle(scaling[0].batch_plates)  # the model names the data plate
+                return loss
+            # the first pass validated the inputs
+            with pyro.validation_enabled(False), constants, reparam_noise.on_rows(rows):
                 return run_pass(self.elbo, model, fixed_guide, args, kwargs)
 
         def mean_over_examples() -> bool:
@@ -230,10 +246,12 @@ class OTMDR(WrapperELBO):
     def _capture(self, params: ParamGroups, constants: ConstantParams) -> Iterator[None]:
         with poutine.trace(param_only=True) as capture:
             yield
+        perturbed_names = []
         for site in capture.trace.nodes.values():
             leaf = site["value"].unconstrained()
             if self.perturb(site["name"]):
                 params.perturbed.append(leaf)
+                perturbed_names.append(site["name"])
             else:
                 params.fixed.append(leaf)
                 constants.record(site)
@@ -243,6 +261,12 @@ class OTMDR(WrapperELBO):
                 f"{type(self).__name__} found no parameter to perturb (parameters: {names}); "
                 "check the perturb= rule"
             )
+        values = {name: site["value"] for name, site in capture.trace.nodes.items()}
+        params.scales = scales_for(
+            self.geometry,
+            perturbed_names,
+            lambda name: values.get(scale_partner(name, list(values))),
+        )
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -282,8 +306,9 @@ class SAM(OTMDR):
         rho: float,
         perturb: PerturbRule | None = None,
         savings: StepSavings | None = None,
+        geometry: str | Geometry | None = None,
     ) -> None:
-        self._init(elbo, SharpnessAwareStep.sam(rho, savings=savings), perturb)
+        self._init(elbo, SharpnessAwareStep.sam(rho, savings=savings, geometry=geometry), perturb)
 
     def _ascent_batches(self, batch: Batch) -> Sequence[Batch]:
         return [batch]

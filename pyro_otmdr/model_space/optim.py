@@ -50,12 +50,13 @@ import torch
 from pyro.infer.elbo import ELBOModule
 from torch import nn
 
-from .batching import Batch, BatchSplitter, batch_size_of, split_in_halves
+from .batching import Batch, BatchSplitter, batch_size_of, split_in_halves, with_rows, without_rows
 from .core import global_norm
 from .device_loss import differentiable_loss_on_device
 from .elbo import DEFAULT_NOISE_STD, per_example_mean, prepared_batch
+from .geometry import Geometry, scale_partner, scales_for
 from .perturbation import PerturbRule, perturbed_by_default
-from .reparam_noise import FixedReparamNoise
+from .reparam_noise import FixedReparamNoise, guess_plate_nesting
 from .savings import StepSavings
 from .step import ParamGroups, SharpnessAwareStep, StepInfo, grads_of
 from .subsampling import PlateScaling
@@ -106,6 +107,9 @@ class OTMDROptimizer(torch.optim.Optimizer):
         backs off; otherwise the descent gradient is unscaled once before the base step.
     :param savings: the exact savings of the step (:class:`~pyro_otmdr.model_space.StepSavings`,
         all on by default).
+    :param geometry: how each ascent move spends its radius
+        (:mod:`pyro_otmdr.model_space.geometry`); ``"posterior"`` needs ``params`` to be the
+        module itself (an ``ELBOModule`` of a Gaussian guide), whose constraints give the scales.
     """
 
     def __init__(
@@ -123,8 +127,11 @@ class OTMDROptimizer(torch.optim.Optimizer):
         no_sync: Callable[[], AbstractContextManager] | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
         savings: StepSavings | None = None,
+        geometry: str | Geometry | None = None,
     ) -> None:
-        engine = SharpnessAwareStep.otmdr(rho, rho2, n_particles, noise_std, seed, savings=savings)
+        engine = SharpnessAwareStep.otmdr(
+            rho, rho2, n_particles, noise_std, seed, savings=savings, geometry=geometry
+        )
         self._init(params, base_optimizer, engine, perturb, no_sync, grad_scaler)
         self.split_batch = split_batch or split_in_halves
 
@@ -167,6 +174,7 @@ class OTMDROptimizer(torch.optim.Optimizer):
         self.engine = engine
         self._perturbed = perturbed
         self._fixed = [p for p in base_params if not any(p is q for q in perturbed)]
+        self._scales = _scale_sources(params, named, perturb, engine.geometry)
         self._no_sync = no_sync
         self.grad_scaler = grad_scaler
         self._progress = _Progress()
@@ -216,17 +224,21 @@ class OTMDROptimizer(torch.optim.Optimizer):
             raise TypeError("closure must be callable: closure(*args, **kwargs) -> loss tensor")
         self._progress.pending_loss = None
         params = ParamGroups(self._trainable(self._perturbed), self._trainable(self._fixed))
+        params.scales = self._current_scales()
         for p in params.all:
             p.grad = None
         scaling: list[PlateScaling] = []  # the first pass's, when the batch is split in halves
+        elbo = getattr(closure, "elbo", None)  # an ELBOModule's loss
+        if elbo is not None:  # before the noise is fixed
+            guess_plate_nesting(elbo, closure.model, closure.guide, args, kwargs)
+        noise = FixedReparamNoise.for_batch(args, kwargs, self.engine.savings.closed_form_logq)
         try:
-            # a Pyro guide's noise is fixed for the step
-            with FixedReparamNoise(closed_form_logq=self.engine.savings.closed_form_logq):
-                elbo = getattr(closure, "elbo", None)  # an ELBOModule's loss
+            with noise:  # a Pyro guide's noise is fixed for the step
                 if elbo is not None:
                     args, kwargs = prepared_batch(elbo, closure.model, closure.guide, args, kwargs)
+                args, kwargs = with_rows(args, kwargs)  # a local latent's noise follows its row
                 info = self.engine.run(
-                    self._evaluator(closure, scaling),
+                    self._evaluator(closure, scaling, noise),
                     (args, kwargs),
                     self._ascent_batches,
                     params,
@@ -239,6 +251,7 @@ class OTMDROptimizer(torch.optim.Optimizer):
             self._back_off()
             return None
         self._after_run(params)
+        info.reparam_noise = noise.noise
         self._progress.last_step = info
         loss = sum(info.losses) / len(info.losses)
         self._progress.pending_loss = loss
@@ -300,7 +313,9 @@ class OTMDROptimizer(torch.optim.Optimizer):
     def _splits_in_halves(self) -> bool:
         return getattr(self, "split_batch", None) is split_in_halves
 
-    def _evaluator(self, closure: LossClosure, scaling: list[PlateScaling]):
+    def _evaluator(
+        self, closure: LossClosure, scaling: list[PlateScaling], noise: FixedReparamNoise
+    ):
         """One pass: the closure's loss, backpropagated. With the default split, the first pass
         appends to ``scaling`` what it saw of Pyro's plates (for an ``ELBOModule`` closure)."""
         scaler = self.grad_scaler
@@ -309,13 +324,15 @@ class OTMDROptimizer(torch.optim.Optimizer):
         watching = self._splits_in_halves()
 
         def evaluate(batch: Batch, label: str) -> torch.Tensor:
-            args, kwargs = batch
+            (args, kwargs), rows = without_rows(batch)
             watch = nullcontext()
             if watching and not scaling:  # the first pass
                 watch = PlateScaling(batch_size_of(args, kwargs))
                 scaling.append(watch)
-            with torch.enable_grad(), watch:
+            with torch.enable_grad(), watch, noise.on_rows(rows):
                 loss = _closure_loss(closure, args, kwargs, self.engine.savings.loss_on_device)
+            if isinstance(watch, PlateScaling):
+                noise.settle(watch.batch_plates)  # the model names the data plate
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise TypeError(f"{label}: the closure must return a scalar loss tensor")
             if scaler is None:
@@ -354,6 +371,14 @@ class OTMDROptimizer(torch.optim.Optimizer):
     @staticmethod
     def _trainable(params: list[torch.Tensor]) -> list[torch.Tensor]:
         return [p for p in params if p.requires_grad]
+
+    @torch.no_grad()
+    def _current_scales(self) -> list[torch.Tensor] | None:
+        """The posterior geometry's scale of each trainable perturbed parameter, now."""
+        if self._scales is None:
+            return None
+        pairs = zip(self._perturbed, self._scales, strict=True)
+        return [to_scale(source) for p, (source, to_scale) in pairs if p.requires_grad]
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -406,8 +431,9 @@ class SAMOptimizer(OTMDROptimizer):
         no_sync: Callable[[], AbstractContextManager] | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
         savings: StepSavings | None = None,
+        geometry: str | Geometry | None = None,
     ) -> None:
-        engine = SharpnessAwareStep.sam(rho, savings=savings)
+        engine = SharpnessAwareStep.sam(rho, savings=savings, geometry=geometry)
         self._init(params, base_optimizer, engine, perturb, no_sync, grad_scaler)
 
     def _ascent_batches(self, batch: Batch) -> Sequence[Batch]:
@@ -462,3 +488,39 @@ def _named(params: ParamsLike) -> list[tuple[str, torch.Tensor]]:
         else:
             raise TypeError(f"params[{i}] is neither a tensor nor a (name, tensor) pair")
     return named
+
+
+def _scale_sources(
+    params: ParamsLike,
+    named: list[tuple[str, torch.Tensor]],
+    perturb: PerturbRule,
+    geometry: Geometry,
+) -> list[tuple[torch.Tensor, Callable]] | None:
+    """For the posterior geometry, each perturbed parameter's scale: its partner's unconstrained
+    tensor and the transform of its constraint, read from the module's Pyro parameters."""
+    if not geometry.needs_scales:
+        return None
+    if not isinstance(params, nn.Module):
+        raise TypeError(
+            "geometry='posterior' needs the module itself as params (OTMDROptimizer(loss_fn, ...) "
+            "for an ELBOModule loss_fn), to read its scales' constraints"
+        )
+    transforms = {}
+    for module in params.modules():
+        for name, (constraint, _) in getattr(module, "_pyro_params", {}).items():
+            leaf = module._parameters.get(f"{name}_unconstrained")
+            if leaf is not None:
+                transforms[id(leaf)] = torch.distributions.transform_to(constraint)
+    tensors = dict(named)
+    names = list(tensors)
+    sources = []
+
+    def lookup(name: str) -> torch.Tensor | None:
+        partner = scale_partner(name, names)
+        if partner is None or id(tensors[partner]) not in transforms:
+            return None
+        sources.append((tensors[partner], transforms[id(tensors[partner])]))
+        return tensors[partner]
+
+    scales_for(geometry, [name for name, _ in named if perturb(name)], lookup)
+    return sources

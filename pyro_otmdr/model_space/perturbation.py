@@ -8,6 +8,9 @@ the unperturbed sample.
 The rule works on param-store names: a parameter is left alone when a component of its dotted name
 is one of :data:`SCALE_NAMES` (``AutoNormal.scales.w``, ``AutoDiagonalNormal.scale``,
 ``AutoLowRankMultivariateNormal.cov_factor`` ...). Pass your own ``perturb=`` to override it.
+An ``AutoLowRankMultivariateNormal`` thus moves its ``loc``; its ``scale`` and ``cov_factor``
+take the gradient at the unperturbed sample, its noise fixed for the step like every Gaussian
+guide's (:mod:`.reparam_noise`).
 
 Usage::
 
@@ -30,7 +33,8 @@ PerturbRule = Callable[[str], bool]
 """``perturb(param_store_name) -> bool``: whether the step moves this parameter."""
 
 SCALE_NAMES = frozenset({"scale", "scales", "scale_tril", "cov_factor", "cov_diag"})
-"""Name components of the spread parameters of Pyro's Gaussian autoguides."""
+"""Name components of the spread parameters of Pyro's Gaussian autoguides (``scales``,
+``scale``, ``scale_tril``, ``cov_factor``), and ``cov_diag``, a hand-written low-rank guide's."""
 
 
 def perturbed_by_default(name: str) -> bool:
