@@ -304,28 +304,20 @@ def _check_data_robust_builds(config: ExperimentConfig) -> None:
         raise ValueError(f"data-robust loss {config.data_robust!r}: {err}") from None
 
 
-#: Names this module held before it was split, and their homes now (deprecated here).
-_MOVED = {
-    "DATA_ROBUST_LOSSES": "builders",
-    "make_data_robust": "builders",
-    "make_guide": "builders",
-    "make_loss": "builders",
-    "make_optim": "builders",
-    "Experiment": "experiment",
-    "build_experiment": "experiment",
-    "dataset_tensors": "experiment",
-    "ood_inputs": "experiment",
-    "warm_up": "experiment",
-    "attack_experiment": "runs",
-    "evaluate_experiment": "runs",
-    "run_experiment": "runs",
-    "shift_experiment": "runs",
-    "train_experiment": "runs",
-}
+def _moved() -> dict[str, str]:
+    """Names this module held before it was split, and their homes now (deprecated here): the
+    package's table of homes, and two helpers it does not export."""
+    from . import _HOMES
+
+    return {
+        **{name: home for name, home in _HOMES.items() if home != "config"},
+        "dataset_tensors": "experiment",
+        "warm_up": "experiment",
+    }
 
 
 def __getattr__(name: str) -> Any:
-    home = _MOVED.get(name)
+    home = _moved().get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     new = f"{__package__}.{home}"

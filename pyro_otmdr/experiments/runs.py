@@ -145,8 +145,7 @@ def evaluate_experiment(
     there is one (a regression run has none). The torch RNG is seeded with ``config.seed``
     first, so evaluating a run again gives the same draws.
     """
-    Choice(_SPLITS, "split").check("split", split)
-    x, y = experiment.split_tensors(split)
+    x, y = _split(experiment, split)
     val = {}
     if split == "test" and experiment.splits.val is not None and not experiment.is_regression:
         val = dict(zip(("x_val", "y_val"), experiment.split_tensors("val"), strict=True))
@@ -160,6 +159,14 @@ def evaluate_experiment(
             x_ood=x_ood,
             **val,
         )
+
+
+def _split(
+    experiment: Experiment, split: str, on_device: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs and targets of ``split`` (``val`` or ``test``), checked by name."""
+    Choice(_SPLITS, "split").check("split", split)
+    return experiment.split_tensors(split, on_device=on_device)
 
 
 @contextlib.contextmanager
@@ -190,8 +197,7 @@ def attack_experiment(
     :raises ValueError: for a regression run (the attacks are for classifiers).
     """
     _classifiers_only(experiment, "attacks")
-    Choice(_SPLITS, "split").check("split", split)
-    x, y = experiment.split_tensors(split, on_device=True)
+    x, y = _split(experiment, split, on_device=True)
     with _seeded_eval(experiment):
         return robustness(
             experiment.model,
@@ -224,8 +230,7 @@ def shift_experiment(
         inputs).
     """
     _classifiers_only(experiment, "input shifts")
-    Choice(_SPLITS, "split").check("split", split)
-    x, y = experiment.split_tensors(split, on_device=True)
+    x, y = _split(experiment, split, on_device=True)
     with _seeded_eval(experiment):
         return evaluate_shift(
             experiment.model,

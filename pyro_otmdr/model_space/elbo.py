@@ -261,12 +261,12 @@ class OTMDR(WrapperELBO):
                 f"{type(self).__name__} found no parameter to perturb (parameters: {names}); "
                 "check the perturb= rule"
             )
-        values = {name: site["value"] for name, site in capture.trace.nodes.items()}
-        params.scales = scales_for(
-            self.geometry,
-            perturbed_names,
-            lambda name: values.get(scale_partner(name, list(values))),
-        )
+        if self.geometry.needs_scales:  # the posterior geometry: each mean's scale, constrained
+            values = {name: site["value"] for name, site in capture.trace.nodes.items()}
+            names = list(values)
+            params.scales = scales_for(
+                self.geometry, perturbed_names, lambda name: values.get(scale_partner(name, names))
+            )
 
     # -- state -----------------------------------------------------------------------------------
 
