@@ -4,6 +4,8 @@
 * :mod:`.predictors`: :func:`posterior_predictive`, a Pyro classifier as ``x -> log p(y | x)``;
 * :mod:`.wpgd`: :func:`w_pgd` and :func:`w_fgsm`, the W-PGD attack of Bai et al. (2023);
 * :mod:`.pgd`: :func:`pgd`, pointwise PGD (Madry et al.);
+* :mod:`.autoattack`: :func:`autoattack`, AutoAttack (Croce and Hein) through the optional extra
+  ``pyro-otmdr[autoattack]``, imported only when it runs;
 * :mod:`.sensitivity`: :func:`w_sensitivity`, the first-order robustness figure ``Upsilon``;
 * :mod:`.result`: :class:`AttackResult`;
 * :mod:`.armor`: :func:`armor_kl`, the ARMOR_D (KL) dual of per-example losses;
@@ -33,6 +35,7 @@ Usage::
 """
 
 from .armor import ArmorDual, armor_kl
+from .autoattack import autoattack
 from .common import COSTS, w_distance
 from .elbo import ARMOR, TRADES, WDAT, AdversarialTraining, DataRobustELBO
 from .losses import LOSSES, ce, dlr, redlr
@@ -68,6 +71,7 @@ __all__ = [
     "TradesLoss",
     "WdatLoss",
     "armor_kl",
+    "autoattack",
     "ce",
     "dlr",
     "kl_to_clean",

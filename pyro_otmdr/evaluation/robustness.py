@@ -3,16 +3,22 @@
 It composes the attacks of :mod:`pyro_otmdr.data_space` the way :func:`evaluate` composes
 metrics. Threats:
 
-==============  =================================================================  ==========
-threat          attack                                                             budget
-==============  =================================================================  ==========
-``"w2-linf"``   W-PGD, ``W_2`` ball, linf cost, ReDLR (Bai et al. 2023)            ``delta``
-``"w2-l2"``     W-PGD, ``W_2`` ball, l2 cost, ReDLR                                ``delta``
-``"linf"``      pointwise PGD (Madry), linf ball, CE, random start                 ``eps``
-``"l2"``        pointwise PGD, l2 ball, CE, random start                           ``eps``
-==============  =================================================================  ==========
+======================  =========================================================  ==========
+threat                  attack                                                     budget
+======================  =========================================================  ==========
+``"w2-linf"``           W-PGD, ``W_2`` ball, linf cost, ReDLR (Bai et al. 2023)    ``delta``
+``"w2-l2"``             W-PGD, ``W_2`` ball, l2 cost, ReDLR                        ``delta``
+``"linf"``              pointwise PGD (Madry), linf ball, CE, random start         ``eps``
+``"l2"``                pointwise PGD, l2 ball, CE, random start                   ``eps``
+``"autoattack-linf"``   AutoAttack (Croce and Hein 2020), standard, linf ball      ``eps``
+``"autoattack-l2"``     AutoAttack, standard, l2 ball                              ``eps``
+======================  =========================================================  ==========
 
 Every budget is in the units of the inputs' box (``[0, 1]`` pixels), the same for every threat.
+The AutoAttack threats need the optional extra (``pip install "pyro-otmdr[autoattack]"``; asking
+for them without it raises an ``ImportError`` saying so before any attack runs); they run the
+fixed standard ensemble, so ``steps``, ``restarts`` and the losses do not apply to them, and
+their seed is drawn from the torch RNG.
 A Bayesian model is attacked through its posterior predictive with FROZEN draws (a
 deterministic function of the input); choosing the worst iterate on those draws favours the
 attacker, so the chosen inputs are re-evaluated with FRESH draws and both are reported.
@@ -46,11 +52,12 @@ from typing import Any
 
 import torch
 
-from ..data_space import pgd, posterior_predictive, w_pgd, w_sensitivity
+from ..data_space import autoattack, pgd, posterior_predictive, w_pgd, w_sensitivity
+from ..data_space.autoattack import VERSIONS
 from ..data_space.common import attack_mode, check_choice, check_positive
 from .threats import THREATS
 
-__all__ = ["THREATS", "RobustnessReport", "robustness", "run_pgd", "run_w_pgd"]
+__all__ = ["THREATS", "RobustnessReport", "robustness", "run_autoattack", "run_pgd", "run_w_pgd"]
 
 
 @dataclass
@@ -203,6 +210,8 @@ def _check(threats: Sequence[str], budgets: Sequence[float], steps: int) -> None
         raise ValueError(f"threats must be a non-empty sequence of names, got {threats!r}")
     for threat in threats:
         check_choice("threat", threat, tuple(THREATS))
+    for threat in threats:
+        THREATS[threat].check_installed()
     if isinstance(budgets, int | float) or not budgets:
         raise ValueError(f"budgets must be a non-empty sequence of numbers, got {budgets!r}")
     for budget in budgets:
@@ -236,6 +245,29 @@ def run_pgd(predict, x, y, budget, threat, options, callback):
         steps=options["steps"],
         batch_size=options["batch_size"],
         callback=callback,
+    )
+
+
+def run_autoattack(predict, x, y, budget, threat, options, callback):
+    """An AutoAttack threat's attack: the standard version in the ``threat.cost`` ball of radius
+    ``budget`` (needs the extra); its seed is drawn from the torch RNG, and ``callback`` is
+    called ``threat.iterates(options)`` times in all, spread over the attacks."""
+    total, names, done = threat.iterates(options), VERSIONS["standard"], [0]
+
+    def tick(t, x_adv):
+        while done[0] < round(t * total / len(names)):
+            done[0] += 1
+            callback(done[0], x_adv)
+
+    return autoattack(
+        predict,
+        x,
+        y,
+        eps=budget,
+        norm=threat.cost,
+        batch_size=options["batch_size"],
+        seed=int(torch.randint(2**31 - 1, ()).item()),
+        callback=tick,
     )
 
 

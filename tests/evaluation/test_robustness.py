@@ -1,13 +1,17 @@
 """The robustness report: attacks per threat and budget, fresh draws, JSON, plot, DataTree."""
 
+import importlib
 import json
+import re
+import sys
 
 import matplotlib.image as mpimg
 import pytest
 import torch
 
 from pyro_otmdr import robustness
-from pyro_otmdr.attacks import pgd, w_pgd
+from pyro_otmdr.attacks import autoattack, pgd, w_pgd
+from pyro_otmdr.data_space.autoattack import EXTRA_HINT
 from tests.data_space.linear import fit_bayesian, linear_problem
 
 
@@ -105,3 +109,48 @@ def _plain_problem():
     torch.manual_seed(0)
     x, y = torch.rand(32, 4), torch.randint(3, (32,))
     return x, y, torch.nn.Linear(4, 3)
+
+
+@pytest.fixture
+def one_thread():
+    """pyautoattack's loops run thousands of tiny ops: one thread spares the spin-waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_autoattack_threats_run_autoattack_seeded_by_the_torch_rng():
+    pytest.importorskip("pyautoattack")
+    from pyro_otmdr.evaluation.robustness import run_autoattack
+    from pyro_otmdr.evaluation.threats import THREATS
+
+    net, x, y = linear_problem()
+    torch.manual_seed(0)
+    threats = ("autoattack-linf", "linf")
+    report = robustness(net, None, x, y, threats=threats, budgets=(0.15,), steps=5)
+    torch.manual_seed(0)  # the report's first draw is AutoAttack's seed
+    direct = autoattack(net, x, y, eps=0.15, seed=int(torch.randint(2**31 - 1, ()).item()))
+    assert report.robust_accuracy["autoattack-linf"] == [direct.robust_accuracy]
+    assert report.distance["autoattack-linf"] == [direct.distance]
+    assert direct.robust_accuracy <= report.robust_accuracy["linf"][0] + 1 / len(x)
+    assert report.upsilon["autoattack-linf"] == report.upsilon["linf"]  # the same geometry
+    assert "| autoattack-linf |" in report.table()
+    # the progress bar counts steps * restarts iterates per pointwise attack: all of them
+    options = dict(steps=5, w_loss="redlr", pgd_loss="ce", restarts=2, batch_size=256)
+    ticks = []
+    threat = THREATS["autoattack-l2"]
+    result = run_autoattack(net, x, y, 0.5, threat, options, lambda t, _: ticks.append(t))
+    assert ticks == list(range(1, threat.iterates(options) + 1)) and result.cost == "l2"
+
+
+def test_the_autoattack_threats_without_the_extra_fail_before_any_attack(monkeypatch):
+    module = importlib.import_module("pyro_otmdr.evaluation.robustness")
+    monkeypatch.setitem(sys.modules, "pyautoattack", None)  # import pyautoattack -> ImportError
+    ran = []
+    monkeypatch.setattr(module, "run_pgd", lambda *args: ran.append(args))
+    net, x, y = linear_problem()
+    with pytest.raises(ImportError, match=re.escape(EXTRA_HINT)):
+        robustness(net, None, x, y, threats=("linf", "autoattack-l2"), budgets=(0.1,))
+    assert not ran
