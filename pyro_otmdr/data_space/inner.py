@@ -94,16 +94,19 @@ def w_ball_ascent(
     steps: int,
     step_ratio: float = 1.875,
     s: float = 1.0,
+    start: str = "normal",
     box: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
     """W-PGD inside one minibatch: ``W_2(x, x') <= delta`` for the batch as a distribution.
 
-    Starts at TRADES' ``x + 0.001 N(0, I)`` (for a KL ascent, whose gradient vanishes at ``x``),
-    then takes ``steps`` steps of ``step_ratio * delta / steps`` along the W-PGD direction,
-    normalised over the batch, each followed by the authors' map onto the ball and the clamp.
+    Starts at TRADES' ``x + 0.001 N(0, I)`` (``start="normal"``, for a KL ascent, whose gradient
+    vanishes at ``x``) or at ``x`` itself (``"none"``, W-PGD's start), then takes ``steps`` steps
+    of ``step_ratio * delta / steps`` along the W-PGD direction, normalised over the batch, each
+    followed by the authors' map onto the ball and the clamp. An example with no gradient along
+    the way does not move.
     """
     x0 = x.detach()
-    x_t = _start(x0, "normal", delta, s).clamp(*box)
+    x_t = _start(x0, start, delta, s).clamp(*box)
     for _ in range(steps):
         moves = x_t + step_ratio * delta / steps * direction(_input_grad(loss_fn, x_t), q=2.0, s=s)
         x_t = (x0 + project(moves - x0, delta=delta, q=2.0, s=s)).clamp(*box)

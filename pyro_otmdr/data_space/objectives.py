@@ -14,8 +14,9 @@ The methods (see the docs, Algorithms: AT and TRADES, WDAT, ARMOR_D):
   the clean CE);
 * :class:`TradesLoss`: ``CE(x) + beta * KL(p(x) || p(x'))``, ``x'`` from a KL ascent in the
   ``eps``-ball;
-* :class:`WdatLoss`: TRADES whose inner ascent is W-PGD over the batch within ``W_2 <= delta_B``,
-  ``delta_B = delta * Upsilon_B / Upsilon_hat`` (a reconstruction, see the class);
+* :class:`WdatLoss`: W-PGD-Budget on ReDLR over the batch within ``W_2 <= delta_B``,
+  ``delta_B = delta * Upsilon_B / Upsilon_hat``, then CE plus TRADES' KL or CE at the attacked
+  inputs (parts reconstructed, see the class);
 * :class:`ArmorLoss`: ARMOR_D with the KL divergence, the batch's losses at the transported
   inputs re-weighted within a KL budget (:func:`~.armor.armor_kl`).
 
@@ -54,9 +55,11 @@ from .common import (
     dual_exponent,
 )
 from .inner import ball_ascent, batch_sensitivity, w_ball_ascent
-from .losses import ce
+from .losses import ce, get_loss
 
 __all__ = [
+    "WDAT_ATTACK_LOSSES",
+    "WDAT_OUTERS",
     "AdversarialLoss",
     "ArmorLoss",
     "RobustObjective",
@@ -305,25 +308,39 @@ class TradesLoss(RobustObjective):
         return ce(clean_logits, y) + self.beta * kl_to_clean(clean_logits, adv_logits)
 
 
-class WdatLoss(TradesLoss):
-    """Wasserstein distributional adversarial training (Bai, He, Jiang, Obloj 2025): TRADES in
-    a W2 ball. A RECONSTRUCTION: only the paper's abstract was available (see the docs,
-    Algorithms: WDAT).
+#: WDAT's training attack losses, the paper's first: ``"redlr"`` (a misclassified example has no
+#: gradient, so it gets no budget and does not move), ``"ce"``, and ``"kl"`` (TRADES' ascent with
+#: the budget from the clean CE, this project's first reconstruction).
+WDAT_ATTACK_LOSSES = ("redlr", "ce", "kl")
+#: WDAT's outer losses: ``"trades"``, ``CE(x) + beta KL(p(x) || p(x'))``; ``"adversarial"``,
+#: ``CE(x')``.
+WDAT_OUTERS = ("trades", "adversarial")
 
-    The inner ascent is W-PGD on the KL over the batch as one distribution (linf cost by
-    default), within the batch's share of the global budget,
-    ``delta_B = delta * Upsilon_B / Upsilon_hat``: ``Upsilon_B`` is the batch's first-order W2
-    sensitivity of the clean CE (:func:`~.inner.batch_sensitivity`) and ``Upsilon_hat^2`` an
-    exponential moving average of ``Upsilon_B^2`` over the batches seen (``decay``). With
-    ``Upsilon_hat`` the global sensitivity, equal batches' budgets average back to ``delta`` in
-    the W2 sense (``mean_B delta_B^2 = delta^2``). The rule, the decay, the CE for the budget and
-    the KL for the ascent are the reconstruction's choices, not confirmed by the paper.
+
+class WdatLoss(TradesLoss):
+    """Wasserstein distributional adversarial training (Bai, He, Jiang, Obloj 2025): the batch
+    attacked as one distribution within its share ``delta_B`` of a W2 budget, then CE (see the
+    docs, Algorithms: WDAT, for what the paper states and what is reconstructed).
+
+    The attack (the paper's W-PGD-Budget on ReDLR by default): ``Upsilon_B``, the batch's
+    first-order W2 sensitivity of the attack loss at the clean inputs
+    (:func:`~.inner.batch_sensitivity`), is folded into a running estimate ``Upsilon_hat^2``:
+    the plain mean over the first ``budget_subset`` batches, then an exponential moving average
+    (``decay``). The batch gets ``delta_B = delta * Upsilon_B / Upsilon_hat`` and W-PGD moves it
+    from the clean inputs within ``W_2 <= delta_B``. With ReDLR a misclassified example has no
+    gradient: it keeps its place and the budget goes to the examples near the boundary.
 
     :param delta: the W2 budget (the W-PGD evaluation's 8/255 by default).
-    :param beta: weight of the KL term.
+    :param beta: weight of the KL term of ``outer="trades"``.
     :param steps: W-PGD steps, of ``step_ratio * delta_B / steps`` each.
     :param step_ratio: 1.875, the step ratio of the W-PGD attack.
     :param cost: ``"linf"`` or ``"l2"``, the cost of moving one input.
+    :param attack_loss: one of :data:`WDAT_ATTACK_LOSSES`; ``"kl"`` ascends TRADES' KL from
+        ``x + 0.001 N(0, I)`` with the budget from the clean CE (a departure from the paper).
+    :param outer: one of :data:`WDAT_OUTERS`: ``"trades"``, ``CE(x) + beta KL(p(x) || p(x'))``,
+        or ``"adversarial"``, ``CE(x')`` (the paper does not say which).
+    :param budget_subset: batches averaged to start the estimate (0: the moving average from the
+        first batch).
     :param decay: of the moving average of ``Upsilon_B^2``, in [0, 1).
 
     Usage::
@@ -335,8 +352,8 @@ class WdatLoss(TradesLoss):
         x, y = torch.rand(8, 4), torch.randint(3, (8,))
         loss_fn = WdatLoss(delta=0.1, steps=3)
         loss = loss_fn(net, x, y)
-        budget = loss_fn.last_budget   # delta_B of the last batch: delta itself for the first
-        assert torch.isclose(budget, torch.tensor(0.1))
+        budget = loss_fn.last_budget   # delta_B: delta for the first batch (0 if all are wrong)
+        assert torch.isclose(budget, torch.tensor(0.1)) or budget == 0
     """
 
     def __init__(
@@ -347,57 +364,101 @@ class WdatLoss(TradesLoss):
         steps: int = 10,
         step_ratio: float = 1.875,
         cost: str = "linf",
+        attack_loss: str = "redlr",
+        outer: str = "trades",
+        budget_subset: int = 10,
         decay: float = 0.9,
         box: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         check_positive("delta", delta)
         super().__init__(eps=delta, beta=beta, steps=steps, norm=cost, box=box)
         check_positive("step_ratio", step_ratio)
+        check_choice("attack_loss", attack_loss, WDAT_ATTACK_LOSSES)
+        check_choice("outer", outer, WDAT_OUTERS)
+        if not (isinstance(budget_subset, int) and budget_subset >= 0):
+            raise ValueError(f"budget_subset must be an int >= 0, got {budget_subset!r}")
         if not (isinstance(decay, int | float) and 0.0 <= decay < 1.0):
             raise ValueError(f"decay must be a number in [0, 1), got {decay!r}")
         self.delta, self.step_ratio, self.decay = float(delta), float(step_ratio), float(decay)
+        self.attack_loss, self.outer, self.budget_subset = attack_loss, outer, budget_subset
+        self.needs_clean = outer == "trades"
         self.upsilon_sq: torch.Tensor | None = None
+        self.batches_seen: torch.Tensor | None = None
         self.last_budget: torch.Tensor | None = None
 
     def budget(self, upsilon_b: torch.Tensor) -> torch.Tensor:
         """Fold ``Upsilon_B`` into the running estimate; return ``delta_B`` (a 0-d tensor).
 
-        A NaN or infinite ``Upsilon_B`` leaves the estimate as it was, and a non-finite estimate
-        is replaced by the next finite batch's, with no device sync: one bad batch does not
-        poison the budgets of the batches after it.
+        The estimate of ``Upsilon^2`` is the mean of ``Upsilon_B^2`` over the first
+        ``budget_subset`` finite batches, then ``decay * old + (1 - decay) * Upsilon_B^2``. A NaN
+        or infinite ``Upsilon_B`` leaves the estimate as it was, with no device sync: one bad
+        batch does not poison the budgets of the batches after it.
         """
         upsilon_b = upsilon_b.detach()
         square = upsilon_b.square()
-        if self.upsilon_sq is not None:
+        finite = square.isfinite()
+        if self.upsilon_sq is None:
+            seen = finite.to(square.dtype)
+        else:
             old = self.upsilon_sq.to(square.device)  # a loaded state comes on the CPU
-            folded = self.decay * old + (1 - self.decay) * square
-            folded = torch.where(old.isfinite(), folded, square)
-            square = torch.where(square.isfinite(), folded, old)
-        self.upsilon_sq = square
+            count = self._seen(square)
+            weight = torch.where(
+                count < self.budget_subset, 1 / (count + 1), torch.full_like(count, 1 - self.decay)
+            )
+            folded = torch.where(old.isfinite(), old + weight * (square - old), square)
+            square = torch.where(finite, folded, old)
+            seen = count + finite.to(count.dtype)
+        self.upsilon_sq, self.batches_seen = square, seen
         return batch_budget(self.delta, upsilon_b, self.upsilon_sq.sqrt())
+
+    def _seen(self, like: torch.Tensor) -> torch.Tensor:
+        if self.batches_seen is None:  # a state saved before the count was kept
+            return torch.full_like(like, float(self.budget_subset))
+        return self.batches_seen.to(like.device, like.dtype)
 
     def adversarial(self, predict: Predict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self._check(x, y)
-        upsilon_b = batch_sensitivity(lambda z: ce(predict(z), y), x, s=self.s)
-        self.last_budget = self.budget(upsilon_b)
+        if self.attack_loss == "kl":
+            return self._kl_attack(predict, x, y)
+        attack = get_loss(self.attack_loss)
+
+        def loss_fn(z: torch.Tensor) -> torch.Tensor:
+            return attack(predict(z), y)
+
+        self.last_budget = self.budget(batch_sensitivity(loss_fn, x, s=self.s))
+        return self._w_pgd(loss_fn, x, start="none")
+
+    def _kl_attack(self, predict: Predict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The departure ``attack_loss="kl"``: budget from the clean CE, KL ascent."""
+        self.last_budget = self.budget(batch_sensitivity(lambda z: ce(predict(z), y), x, s=self.s))
         with torch.no_grad():
             clean = predict(x)
+        return self._w_pgd(lambda z: kl_to_clean(clean, predict(z)), x, start="normal")
+
+    def _w_pgd(self, loss_fn: Callable, x: torch.Tensor, *, start: str) -> torch.Tensor:
         return w_ball_ascent(
-            lambda z: kl_to_clean(clean, predict(z)),
+            loss_fn,
             x,
             delta=self.last_budget,
             steps=self.steps,
             step_ratio=self.step_ratio,
             s=self.s,
+            start=start,
             box=self.box,
         )
 
+    def losses(self, clean_logits, adv_logits, y):
+        if self.outer == "adversarial":
+            return ce(adv_logits, y)
+        return super().losses(clean_logits, adv_logits, y)
+
     def state_dict(self) -> dict:
-        """The running estimate, to resume training with it."""
-        return {"upsilon_sq": self.upsilon_sq}
+        """The running estimate and the count of batches in it, to resume training with them."""
+        return {"upsilon_sq": self.upsilon_sq, "batches_seen": self.batches_seen}
 
     def load_state_dict(self, state: dict) -> None:
         self.upsilon_sq = state["upsilon_sq"]
+        self.batches_seen = state.get("batches_seen")
 
 
 class ArmorLoss(RobustObjective):

@@ -42,6 +42,8 @@ from .names import (
     OPTIMIZERS,
     REGRESSION_DATASETS,
     SCHEDULES,
+    WDAT_ATTACK_LOSSES,
+    WDAT_OUTERS,
     users_of,
 )
 from .settings import (
@@ -157,6 +159,13 @@ class ExperimentConfig:
         grid_help=f"comma-separated geometries from {', '.join(GEOMETRIES)}, a grid dimension "
         "(rho is chosen per geometry on validation) (default global)",
     )
+    jit: bool = setting(
+        False,
+        _METHOD,
+        "compile the ELBO's passes (JitTrace_ELBO): one graph per batch shape, the same losses "
+        "to float32 rounding; for static models",
+        Flag(),
+    )
     data_robust: str = setting(
         "none",
         _ROBUST,
@@ -171,6 +180,27 @@ class ExperimentConfig:
     delta: float = setting(0.1, _ROBUST, f"W2 budget of {users_of('delta')}", _BOX)
     beta: float = setting(6.0, _ROBUST, f"KL weight of {users_of('beta')}", _NON_NEGATIVE)
     budget: float = setting(0.02, _ROBUST, f"KL budget of {users_of('budget')}'s dual", _POSITIVE)
+    attack_loss: str = setting(
+        "redlr",
+        _ROBUST,
+        f"training attack loss of {users_of('attack_loss')}: redlr (the paper's: a misclassified "
+        "example gets no budget), ce, or kl (TRADES' ascent, budget from CE)",
+        Choice(WDAT_ATTACK_LOSSES, "attack loss"),
+    )
+    outer: str = setting(
+        "trades",
+        _ROBUST,
+        f"outer loss of {users_of('outer')}: trades (CE at x + beta KL at the attacked x') or "
+        "adversarial (CE at the attacked x')",
+        Choice(WDAT_OUTERS, "outer loss"),
+    )
+    budget_subset: int = setting(
+        10,
+        _ROBUST,
+        f"batches whose mean sensitivity starts {users_of('budget_subset')}'s running estimate "
+        "(then a moving average)",
+        _COUNT,
+    )
     epochs: int = setting(30, _OPT, "epochs", _POSITIVE_INT)
     batch_size: int = setting(128, _OPT, "batch size", Number(int, low=2))
     optimizer: str = setting("adam", _OPT, "optimiser", Choice(OPTIMIZERS, "optimizer"))
@@ -265,7 +295,13 @@ RUNTIME_KEYS = ("device", "num_workers", "data_dir", "download")
 #: Settings added after checkpoints began to record fingerprints, with the value that gives the
 #: behaviour from before them: a setting at that value is left out of the fingerprint, so a run
 #: directory written before it existed still matches its checkpoint.
-LATER_KEYS: dict[str, Any] = {"geometry": "global"}
+LATER_KEYS: dict[str, Any] = {
+    "geometry": "global",
+    "attack_loss": "redlr",
+    "outer": "trades",
+    "budget_subset": 10,
+    "jit": False,
+}
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,),

@@ -32,6 +32,8 @@ __all__ = [
     "SCHEDULES",
     "SHIFT_NAMES",
     "THREAT_NAMES",
+    "WDAT_ATTACK_LOSSES",
+    "WDAT_OUTERS",
     "users_of",
 ]
 
@@ -61,9 +63,15 @@ GEOMETRIES: tuple[str, ...] = ("global", "layer", "elementwise", "posterior")
 DATA_ROBUST_REGISTRY: dict[str, tuple[str, tuple[str, ...]]] = {
     "at": ("pyro_otmdr.data_space:AdversarialTraining", ("eps",)),
     "trades": ("pyro_otmdr.data_space:TRADES", ("eps", "beta")),
-    "wdat": ("pyro_otmdr.data_space:WDAT", ("delta", "beta")),
+    "wdat": (
+        "pyro_otmdr.data_space:WDAT",
+        ("delta", "beta", "attack_loss", "outer", "budget_subset"),
+    ),
     "armor": ("pyro_otmdr.data_space:ARMOR", ("eps", "budget")),
 }
+#: WDAT's training attack losses (the paper's first) and outer losses (see ``WdatLoss``).
+WDAT_ATTACK_LOSSES: tuple[str, ...] = ("redlr", "ce", "kl")
+WDAT_OUTERS: tuple[str, ...] = ("trades", "adversarial")
 #: The names of :data:`DATA_ROBUST_REGISTRY`, after ``"none"``, the plain likelihood.
 DATA_ROBUST: tuple[str, ...] = ("none", *DATA_ROBUST_REGISTRY)
 #: The ``ExperimentConfig`` fields each data-robust loss takes (the keywords of its class).

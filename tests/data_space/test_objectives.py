@@ -159,6 +159,9 @@ def test_module_losses_attack_in_eval_mode_and_restore_training():
         (lambda: TradesLoss(norm="l1"), "norm"),
         (lambda: WdatLoss(delta=-0.1), "delta must be"),
         (lambda: WdatLoss(decay=1.0), "decay must be"),
+        (lambda: WdatLoss(attack_loss="dlr"), "attack_loss"),
+        (lambda: WdatLoss(outer="clean"), "outer"),
+        (lambda: WdatLoss(budget_subset=-1), "budget_subset must be"),
         (lambda: ArmorLoss(budget=0.0), "budget must be"),
         (lambda: ArmorLoss(mix=-0.1), "mix must be"),
         (lambda: ArmorLoss(kappa=-1.0), "kappa must be"),
@@ -198,3 +201,92 @@ def test_module_recipe_with_otmdr_optimizer_attacks_once_and_splits_the_rows():
         index = torch.cdist(x_b, x).argmin(1)
         torch.testing.assert_close(x_adv_b, x_adv[index])
     assert any(not torch.equal(p, q) for p, q in zip(net.parameters(), before, strict=True))
+
+
+# -- WDAT per the paper: W-PGD-Budget on ReDLR --------------------------------------------------
+
+
+def redlr_gradients(net: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``grad_x ReDLR`` by hand: ``DLR = -a / b`` with ``a = z_y - z_(2)``, ``b = z_y - z_(3)``
+    on a correct example (``z_y = z_(1)``), so ``grad = -(b grad a - a grad b) / b^2``; zero on a
+    misclassified one."""
+    with torch.no_grad():
+        z = net(x)
+        order = z.argsort(-1, descending=True)
+        w = net.weight
+        second, third = w[order[:, 1]], w[order[:, 2]]
+        a = z.gather(1, order[:, 1:2]).neg().squeeze(1) + z.gather(1, y[:, None]).squeeze(1)
+        b = z.gather(1, order[:, 2:3]).neg().squeeze(1) + z.gather(1, y[:, None]).squeeze(1)
+        grad_a, grad_b = w[y] - second, w[y] - third
+        grads = -(b[:, None] * grad_a - a[:, None] * grad_b) / b[:, None].square()
+        return torch.where((order[:, 0] == y)[:, None], grads, torch.zeros_like(grads))
+
+
+def test_wdat_attack_leaves_misclassified_examples_exactly_where_they_are():
+    net, x, y = linear_problem()  # every 5th example is misclassified
+    wrong = net(x).argmax(-1) != y
+    x_adv = WdatLoss(delta=0.05, steps=5).adversarial(net, x, y)
+    assert wrong.sum() == 8
+    assert torch.equal(x_adv[wrong], x[wrong])  # no gradient under ReDLR: no budget, no move
+    assert (x_adv[~wrong] != x[~wrong]).any(1).all()  # every correct example moves
+    ce_moves = WdatLoss(delta=0.05, steps=5, attack_loss="ce").adversarial(net, x, y)
+    assert (ce_moves[wrong] != x[wrong]).any(1).all()  # CE, a departure, spends budget on them
+
+
+def test_wdat_budget_follows_the_subset_mean_then_the_moving_average_by_hand():
+    """``Upsilon_B`` of ReDLR by hand; the estimate is the mean of ``Upsilon_B^2`` over the
+    first ``budget_subset`` batches, then the moving average; ``delta_B = delta Upsilon_B /
+    Upsilon_hat``, and every attacked batch lies within ``W_2 <= delta_B``."""
+    net, x, y = linear_problem()
+    delta, subset, decay = 0.05, 3, 0.5
+    objective = WdatLoss(delta=delta, steps=5, budget_subset=subset, decay=decay)
+    estimate, squares = None, []
+    for i, batch in enumerate(torch.arange(len(x)).split(8)):  # 5 batches
+        by_hand = redlr_gradients(net, x[batch], y[batch]).abs().sum(1).square().mean()
+        squares.append(float(by_hand))
+        if i < subset:
+            estimate = sum(squares) / len(squares)
+        else:
+            estimate = decay * estimate + (1 - decay) * squares[-1]
+        x_adv = objective.adversarial(net, x[batch], y[batch])
+        expected = delta * math.sqrt(squares[-1] / estimate)
+        assert float(objective.last_budget) == pytest.approx(expected, rel=1e-9)
+        assert float(objective.upsilon_sq) == pytest.approx(estimate, rel=1e-9)
+        assert w_distance(x[batch], x_adv, p=2, cost="linf") <= float(objective.last_budget) * (
+            1 + 1e-6
+        )
+    assert len(set(squares)) == len(squares)  # the batches do get different shares
+    fresh = WdatLoss(delta=delta, budget_subset=subset, decay=decay)
+    fresh.load_state_dict(objective.state_dict())
+    assert float(fresh.batches_seen) == 5 and float(fresh.upsilon_sq) == pytest.approx(estimate)
+
+
+def test_wdat_with_a_budget_subset_of_zero_is_the_moving_average_from_the_first_batch():
+    objective = WdatLoss(delta=0.1, decay=0.75, budget_subset=0)
+    assert float(objective.budget(torch.tensor(2.0, dtype=torch.float64))) == pytest.approx(0.1)
+    second = objective.budget(torch.tensor(4.0, dtype=torch.float64))  # 0.75 * 4 + 0.25 * 16 = 7
+    assert float(second) == pytest.approx(0.4 / math.sqrt(7.0))
+    legacy = WdatLoss(delta=0.1, decay=0.75)  # a state saved before the count: the average
+    legacy.load_state_dict({"upsilon_sq": torch.tensor(4.0, dtype=torch.float64)})
+    assert float(legacy.budget(torch.tensor(4.0, dtype=torch.float64))) == pytest.approx(
+        0.4 / math.sqrt(7.0)
+    )
+
+
+def test_wdat_outer_losses():
+    net, x, y = linear_problem()
+    x_adv = (x + 0.03).clamp(0, 1)
+    adversarial = WdatLoss(delta=0.05, outer="adversarial")
+    assert not adversarial.needs_clean
+    torch.testing.assert_close(adversarial(net, x, y, x_adv=x_adv), ce(net(x_adv), y).mean())
+    trades = WdatLoss(delta=0.05, beta=2.0)
+    expected = ce(net(x), y).mean() + 2.0 * kl_to_clean(net(x), net(x_adv)).mean()
+    torch.testing.assert_close(trades(net, x, y, x_adv=x_adv), expected)
+
+
+def test_wdat_kl_attack_takes_the_budget_from_the_clean_ce():
+    net, x, y = linear_problem()
+    objective = WdatLoss(delta=0.05, attack_loss="kl")
+    objective.adversarial(net, x, y)
+    expected = ce_gradients(net, x, y).abs().sum(1).square().mean()
+    assert float(objective.upsilon_sq) == pytest.approx(float(expected))

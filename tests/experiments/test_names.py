@@ -2,6 +2,7 @@
 
 from dataclasses import fields, replace
 
+from pyro_otmdr.data_space import objectives
 from pyro_otmdr.evaluation.shift import SHIFTS
 from pyro_otmdr.experiments import builders, config, names
 from pyro_otmdr.model_space import DEFAULT_NOISE_STD
@@ -13,12 +14,17 @@ def test_names_match_the_registries():
     assert names.DATASET_NAMES == data.DATASET_NAMES
     assert names.SHIFT_NAMES == SHIFTS
     assert config.ExperimentConfig().noise_std == DEFAULT_NOISE_STD
+    assert names.WDAT_ATTACK_LOSSES == objectives.WDAT_ATTACK_LOSSES
+    assert names.WDAT_OUTERS == objectives.WDAT_OUTERS
 
 
 def test_every_registered_data_robust_loss_takes_its_fields_as_keywords():
     known = {spec.name for spec in fields(config.ExperimentConfig)}
     assert ("none", *builders.DATA_ROBUST_LOSSES) == names.DATA_ROBUST
-    odd = {"eps": 0.125, "delta": 0.0625, "beta": 2.5, "budget": 0.03125}  # not the defaults
+    odd = {  # none of them the defaults
+        **{"eps": 0.125, "delta": 0.0625, "beta": 2.5, "budget": 0.03125},
+        **{"attack_loss": "ce", "outer": "adversarial", "budget_subset": 3},
+    }
     for name, cls in builders.DATA_ROBUST_LOSSES.items():
         params = names.DATA_ROBUST_PARAMS[name]
         assert set(params) <= known, name
@@ -31,3 +37,4 @@ def test_every_registered_data_robust_loss_takes_its_fields_as_keywords():
 def test_a_flags_help_names_the_losses_that_use_it():
     assert names.users_of("eps") == "at, trades, armor"
     assert names.users_of("beta") == "trades, wdat"
+    assert names.users_of("outer") == "wdat"

@@ -135,7 +135,8 @@ def _comparable(config: ExperimentConfig) -> ExperimentConfig:
     """The configuration with the data-robust parameters its loss does not use at their
     defaults: a run without a data-robust loss is the same run whatever ``--eps`` says."""
     used = DATA_ROBUST_PARAMS[config.data_robust]
-    unused = {name: getattr(ExperimentConfig, name) for name in ("eps", "delta", "beta", "budget")}
+    params = {name for names in DATA_ROBUST_PARAMS.values() for name in names}
+    unused = {name: getattr(ExperimentConfig, name) for name in params}
     return replace(config, **{k: v for k, v in unused.items() if k not in used})
 
 
