@@ -20,6 +20,12 @@ With ``--engine both`` every method also runs with the step engine's per-pass sa
 an ``n/-X`` line for each: what that one change buys, measured side by side. (A data-robust loss
 alone has no step engine: its rows run with the savings of its own attack pass in every variant.)
 
+With ``--jit`` every method also runs over Pyro's ``JitTrace_ELBO`` (``jit``: SAM and OT-MDR
+compile their passes, :mod:`pyro_otmdr.model_space.jit`; plain SVI runs Pyro's own compiled
+ELBO) next to ``Trace_ELBO`` (``eager``), interleaved round after round in the same process, and a
+``j/e`` line gives compiled/eager per method (below 1: what compiling buys). The compiled losses
+warm up longer (their first steps trace the graphs and let TorchScript optimise them).
+
 With ``--data-robust at,trades,wdat,armor`` (any of them; none by default, and then the output is
 as without the flag) each chosen data-robust loss X (:class:`~pyro_otmdr.AdversarialTraining`,
 :class:`~pyro_otmdr.TRADES`, :class:`~pyro_otmdr.WDAT`, :class:`~pyro_otmdr.ARMOR`, PGD of
@@ -40,6 +46,7 @@ Usage::
     python benchmarks/step_time.py --cnn-size 32 --cnn-channels 3 --device cuda
     python benchmarks/step_time.py --models resnet18 --guides delta --device cuda  # CIFAR-shaped
     python benchmarks/step_time.py --data-robust at,trades,wdat,armor   # + data-robust rows
+    python benchmarks/step_time.py --jit --threads 1   # compiled passes next to eager ones
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ from typing import NamedTuple
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 
 from pyro_otmdr import (
@@ -95,12 +102,19 @@ ENGINE_CHANGES = {
 """The per-pass savings of the step engine, each with its field of :class:`StepSavings`."""
 
 
+JIT_WARM_UP = 6
+"""Warm-up steps of a compiled loss: its first steps trace its graphs, then TorchScript's
+profiling executor optimises each graph after its first runs."""
+
+
 class Variant(NamedTuple):
-    """One way of running every method: a prior and the engine savings switched off."""
+    """One way of running every method: a prior, the engine savings switched off, and whether
+    the losses are compiled (``JitTrace_ELBO``)."""
 
     label: str
     prior: str
     disabled: tuple[str, ...] = ()
+    jit: bool = False
 
     @contextmanager
     def engine(self, losses: Iterable[pyro.infer.ELBO]) -> Iterator[None]:
@@ -119,7 +133,9 @@ class Variant(NamedTuple):
 
 
 def variants(args: argparse.Namespace) -> list[Variant]:
-    """The variants to interleave: ``--prior`` and ``--engine`` (not both varied at once)."""
+    """The variants to interleave: ``--prior``, ``--engine`` or ``--jit`` (one varied at once)."""
+    if args.jit:
+        return [Variant("eager", args.prior), Variant("jit", args.prior, jit=True)]
     if args.prior == "both":
         return [Variant("old", "old"), Variant("new", "new")]
     if args.engine == "new":
@@ -208,16 +224,22 @@ def attacks(loss: pyro.infer.ELBO) -> int | None:
     return getattr(loss, "attacks", None)
 
 
-def methods(rho: float, guide: str) -> dict[str, Callable[[], pyro.infer.ELBO]]:
-    """Plain SVI, SAM and OT-MDR (K=1, K=2; a whole-batch pass for AutoNormal's scales)."""
+def methods(rho: float, guide: str, jit: bool = False) -> dict[str, Callable[[], pyro.infer.ELBO]]:
+    """Plain SVI, SAM and OT-MDR (K=1, K=2; a whole-batch pass for AutoNormal's scales), over
+    ``Trace_ELBO`` or (``jit``) ``JitTrace_ELBO`` (the project's models check only shapes: its
+    tracer's warnings off)."""
+
+    def elbo() -> pyro.infer.ELBO:
+        return JitTrace_ELBO(ignore_jit_warnings=True) if jit else Trace_ELBO()
+
     found = {
-        "svi": (lambda: EnsembleELBO(Trace_ELBO())) if guide == "ensemble" else Trace_ELBO,
-        "sam": lambda: SAM(Trace_ELBO(), rho=rho),
-        "k1": lambda: OTMDR(Trace_ELBO(), rho=rho, n_particles=1),
-        "k2": lambda: OTMDR(Trace_ELBO(), rho=rho, n_particles=2),
+        "svi": (lambda: EnsembleELBO(elbo())) if guide == "ensemble" else elbo,
+        "sam": lambda: SAM(elbo(), rho=rho),
+        "k1": lambda: OTMDR(elbo(), rho=rho, n_particles=1),
+        "k2": lambda: OTMDR(elbo(), rho=rho, n_particles=2),
     }
     if guide == "normal":
-        found["k1 whole"] = lambda: OTMDR(Trace_ELBO(), rho=rho, split_batch=whole_batch_split)
+        found["k1 whole"] = lambda: OTMDR(elbo(), rho=rho, split_batch=whole_batch_split)
     return found
 
 
@@ -252,31 +274,35 @@ def bench(
         "ensemble": lambda m: AutoDeltaEnsemble(m, num_members=args.members),
     }
     guide = guides[guide_name](model)
-    makers = methods(args.rho, guide_name) | robust_methods(args)
-    losses = {name: make() for name, make in makers.items()}
-    runners = {
-        name: SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=loss)
-        for name, loss in losses.items()
-    }
     runs = variants(args)
-    for variant, svi in itertools.product(runs, runners.values()):  # warm-up: set-up, caches
+    losses, runners = {}, {}  # per compiled or not: each method's loss and its SVI
+    for jit in sorted({variant.jit for variant in runs}):
+        makers = methods(args.rho, guide_name, jit) | ({} if jit else robust_methods(args))
+        losses[jit] = {name: make() for name, make in makers.items()}
+        runners[jit] = {
+            name: SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), loss=loss)
+            for name, loss in losses[jit].items()
+        }
+    for variant in runs:  # warm-up: set-up, caches, the compiled graphs
         use_prior(model, variant.prior)
-        with variant.engine(losses.values()):
-            time_steps(svi, x, y, 2, batch)
-    samples = {variant.label: {name: [] for name in runners} for variant in runs}
+        with variant.engine(losses[variant.jit].values()):
+            for svi in runners[variant.jit].values():
+                time_steps(svi, x, y, JIT_WARM_UP if variant.jit else 2, batch)
+    samples = {variant.label: {name: [] for name in runners[variant.jit]} for variant in runs}
     for _ in range(args.rounds):
         for variant in runs:
             use_prior(model, variant.prior)
-            with variant.engine(losses.values()):
-                for name, svi in runners.items():
+            with variant.engine(losses[variant.jit].values()):
+                for name, svi in runners[variant.jit].items():
                     samples[variant.label][name].append(time_steps(svi, x, y, args.steps, batch))
     use_prior(model, "new")
     medians = {
         label: {name: statistics.median(values) for name, values in found.items()}
         for label, found in samples.items()
     }
-    steps = len(runs) * (2 + args.rounds * args.steps)
-    counts = {name: attacks(loss) for name, loss in losses.items()}
+    eager = [variant for variant in runs if not variant.jit]
+    steps = len(eager) * (2 + args.rounds * args.steps)
+    counts = {name: attacks(loss) for name, loss in losses[False].items()} if eager else {}
     return medians, {name: n / steps for name, n in counts.items() if n is not None}
 
 
@@ -313,6 +339,11 @@ def parse() -> argparse.Namespace:
         "--engine", default="new", choices=["new", "old", "both", "each"],
         help="the step engine with its per-pass savings (new), without them (old, shown as "
         "'before'), both interleaved, or each: also new without each one in turn",
+    )  # fmt: skip
+    parser.add_argument(
+        "--jit", action="store_true",
+        help="also run every method over JitTrace_ELBO (compiled passes), interleaved with the "
+        "eager ones; a j/e line gives compiled/eager",
     )  # fmt: skip
     parser.add_argument(
         "--data-robust", type=robust_names, default=[], metavar="X[,X...]",
@@ -352,8 +383,10 @@ def main() -> None:
         f"torch {torch.__version__}, pyro {pyro.__version__}, threads {torch.get_num_threads()}; "
         f"median of {args.rounds} blocks of {args.steps} steps"
     )
-    if args.prior == "both" and args.engine != "new":
-        raise SystemExit("vary --prior or --engine, not both at once")
+    if sum([args.prior == "both", args.engine != "new", args.jit]) > 1:
+        raise SystemExit("vary one of --prior, --engine and --jit at once")
+    if args.jit and args.data_robust:
+        raise SystemExit("--jit times the methods over the ELBO; drop --data-robust")
     names = ["svi", "sam", "k1", "k2", "k1 whole"]
     header = "".join(f"{n:>9}" for n in names)
     w = model_width(args)
@@ -366,9 +399,9 @@ def main() -> None:
         robust.append((model_name, guide_name, found, per_step))
         for label, ms in found.items():
             print(f"{model_name:<{w}} {guide_name:<9}{label:<9}{row(ms, names)}", flush=True)
-        for label, ratio_label in ratio_lines(found):
+        for top, label, ratio_label in ratio_lines(found):
             ratios = "".join(
-                f"{found['new'][n] / found[label][n]:>9.2f}" if n in found["new"] else f"{'':>9}"
+                f"{found[top][n] / found[label][n]:>9.2f}" if n in found[top] else f"{'':>9}"
                 for n in names
             )
             print(f"{model_name:<{w}} {guide_name:<9}{ratio_label:<9}{ratios}", flush=True)
@@ -385,13 +418,16 @@ def model_width(args: argparse.Namespace) -> int:
     return max(5, *(len(name) for name in args.models))
 
 
-def ratio_lines(found: dict[str, dict[str, float]]) -> list[tuple[str, str]]:
-    """The variants to divide ``new`` by, with the label of their ratio line: ``n/o`` (the old
-    prior), ``n/b`` (the engine before its savings), ``n/-X`` (without change X)."""
+def ratio_lines(found: dict[str, dict[str, float]]) -> list[tuple[str, str, str]]:
+    """The variants to divide and the label of their ratio line: ``new`` by ``n/o`` (the old
+    prior), ``n/b`` (the engine before its savings), ``n/-X`` (without change X); ``jit`` by
+    ``eager`` (``j/e``: compiled / eager)."""
+    if "jit" in found and "eager" in found:
+        return [("jit", "eager", "j/e")]
     if "new" not in found:
         return []
     short = {"old": "n/o", "before": "n/b"}
-    return [(label, short.get(label, f"n/{label}")) for label in found if label != "new"]
+    return [("new", label, short.get(label, f"n/{label}")) for label in found if label != "new"]
 
 
 def print_robust(

@@ -30,17 +30,19 @@ Usage::
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
+from pyro.infer import ELBO
 from pyro.infer.autoguide import AutoDelta, init_to_sample
 from pyro.nn import PyroModule
 from torch import nn
 
-from .members import over_members
-from .wrapper import WrapperELBO
+from .members import is_ensemble, over_members
+from .wrapper import _JIT_ELBOS, WrapperELBO
 
 __all__ = ["AutoDeltaEnsemble", "EnsembleELBO"]
 
@@ -101,6 +103,12 @@ class AutoDeltaEnsemble(PyroModule):
             index = int(torch.randint(self.num_members, ()))
         return self.members[index](*args, **kwargs)
 
+    @property
+    def active_member(self) -> int | None:
+        """The index of the member that :meth:`member` made the guide, ``None`` outside it (a
+        compiled pass keys its graph on it: each member has its own parameters)."""
+        return self._active
+
     @contextmanager
     def member(self, index: int) -> Iterator[AutoDelta]:
         """Make member ``index`` the guide inside the block."""
@@ -122,8 +130,10 @@ class EnsembleELBO(WrapperELBO):
     """Train every member of an :class:`AutoDeltaEnsemble` at each step with a plain ELBO.
 
     The loss is the sum of the members' losses, one trace per member: a deep ensemble, the
-    baseline of OT-MDR's uniform-mixture setting. For any other guide it is the wrapped ELBO
-    (a jit ELBO too: every member's pass has the batch's shape).
+    baseline of OT-MDR's uniform-mixture setting. For any other guide it is the wrapped ELBO.
+    A jit ELBO is compiled once per member (a copy of it for each, by ``active_member``): Pyro's
+    jit ELBO keeps one compiled graph per number of arguments, with the parameters of the guide
+    it first saw, so one copy for all members would train the first member M times.
 
     Usage::
 
@@ -146,5 +156,25 @@ class EnsembleELBO(WrapperELBO):
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         return self.per_member(
-            guide, lambda: self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+            guide,
+            lambda: self._member_elbo(guide).loss_and_grads(model, guide, *args, **kwargs),
         )
+
+    def _member_elbo(self, guide: Callable) -> ELBO:
+        """The wrapped ELBO, or for a jit ELBO and an ensemble the active member's own copy."""
+        if not isinstance(self.elbo, _JIT_ELBOS) or not is_ensemble(guide):
+            return self.elbo
+        if not hasattr(guide, "active_member"):
+            raise TypeError(
+                f"EnsembleELBO compiles a jit ELBO once per member, but the ensemble guide "
+                f"{type(guide).__name__} has no active_member property to tell them apart: add "
+                "one, or wrap the non-jit ELBO"
+            )
+        copies = self.__dict__.setdefault("_member_elbos", {})
+        index = guide.active_member
+        if index not in copies:
+            elbo = copy.copy(self.elbo)
+            for compiled in ("_loss_and_surrogate_loss", "_differentiable_loss"):
+                vars(elbo).pop(compiled, None)  # its own compiled graph, built on first use
+            copies[index] = elbo
+        return copies[index]

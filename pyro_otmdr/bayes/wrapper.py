@@ -5,8 +5,12 @@
 (:class:`~pyro_otmdr.TRADES`, ...) all wrap a Pyro ELBO and stack (``OTMDR(TRADES(Trace_ELBO()))``).
 :class:`WrapperELBO` does once what each of them needs:
 
-* refuse what cannot be wrapped (not an ELBO, a jit ELBO: :func:`check_wrappable`);
-* delegate ``loss``, ``differentiable_loss`` and Pyro's ``_get_trace`` to the inner ELBO;
+* refuse what cannot be wrapped (not an ELBO, a jit ELBO it does not compile itself:
+  :func:`check_wrappable`);
+* delegate ``loss``, ``differentiable_loss`` and Pyro's ``_get_trace`` to the inner ELBO, and
+  give the inner ELBO's uncompiled counterpart (:attr:`~WrapperELBO.uncompiled`): a wrapper that
+  compiles its passes itself (``OTMDR(JitTrace_ELBO())``) runs the ``Trace_ELBO`` of the same
+  settings inside its own compiled graph;
 * run a loss once per member of an ensemble guide (:meth:`~WrapperELBO.per_member`), the one
   definition of an ensemble being :func:`~pyro_otmdr.bayes.members.is_ensemble`;
 * nest ``state_dict``/``load_state_dict``: a wrapper's own state, with the inner ELBO's under
@@ -35,7 +39,7 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol, runtime_checkable
 
 from pyro.infer import (
@@ -44,34 +48,81 @@ from pyro.infer import (
     JitTraceEnum_ELBO,
     JitTraceGraph_ELBO,
     JitTraceMeanField_ELBO,
+    Trace_ELBO,
+    TraceMeanField_ELBO,
 )
 
 from .members import is_ensemble, sum_over_members
 
-__all__ = ["PreparesStep", "WrapperELBO", "check_wrappable"]
+__all__ = ["COMPILED_ELBOS", "PreparesStep", "WrapperELBO", "check_wrappable", "uncompiled"]
 
 _JIT_ELBOS = (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO)
+
+COMPILED_ELBOS: dict[type[ELBO], type[ELBO]] = {
+    JitTraceMeanField_ELBO: TraceMeanField_ELBO,
+    JitTrace_ELBO: Trace_ELBO,
+}
+"""The jit ELBOs that a sharpness-aware step compiles itself, each with the ELBO it compiles
+(:mod:`pyro_otmdr.model_space.jit`)."""
 
 #: The key of the inner ELBO's state in a wrapper's ``state_dict``.
 INNER = "elbo"
 
 
-def check_wrappable(wrapper: str, elbo: Any, *, jit: bool = False) -> None:
-    """``TypeError`` unless ``elbo`` is a :class:`pyro.infer.ELBO`, and (unless ``jit``) not a
-    jit one: ``wrapper`` evaluates it on batches of several shapes with the guide's noise fixed
-    per step."""
+def check_wrappable(wrapper: str, elbo: Any, *, jit: bool | Collection[type[ELBO]] = False) -> None:
+    """``TypeError`` unless ``elbo`` is a :class:`pyro.infer.ELBO`, and not a jit one unless
+    ``jit`` allows it: ``True`` any, a collection of jit ELBO classes those (the ones a wrapper
+    compiles itself: :data:`COMPILED_ELBOS`), ``False`` none. Pyro's jit ELBOs compile the loss
+    once per number of arguments and bake the guide's noise into the graph, but ``wrapper``
+    evaluates it on batches of several shapes with the noise fixed per step."""
     if not isinstance(elbo, ELBO):
         raise TypeError(
             f"{wrapper} expects a pyro.infer.ELBO to wrap (e.g. Trace_ELBO()), got "
             f"{type(elbo).__name__}"
         )
-    if not jit and isinstance(elbo, _JIT_ELBOS):
+    if jit is True or not isinstance(elbo, _JIT_ELBOS):
+        return
+    allowed = tuple(jit or ())
+    if isinstance(elbo, allowed):
+        return
+    plain = type(elbo).__name__.removeprefix("Jit")
+    if allowed:
+        names = " and ".join(sorted(t.__name__ for t in allowed))
         raise TypeError(
-            f"{type(elbo).__name__} compiles the loss once for one batch shape and bakes the "
-            f"guide's noise into the compiled graph, but {wrapper} evaluates it on several "
-            "batches with the noise fixed per step: wrap the non-jit version "
-            f"({type(elbo).__name__.removeprefix('Jit')}) instead"
+            f"{wrapper} compiles its passes for {names} only; {type(elbo).__name__} is not "
+            f"one of them: wrap the non-jit version ({plain}) instead"
         )
+    raise TypeError(
+        f"{type(elbo).__name__} compiles the loss once for one batch shape and bakes the "
+        f"guide's noise into the compiled graph, but {wrapper} evaluates it on several "
+        f"batches with the noise fixed per step: wrap the non-jit version ({plain}) instead"
+    )
+
+
+def uncompiled(elbo: ELBO) -> ELBO:
+    """``elbo`` itself, or for a jit ELBO of :data:`COMPILED_ELBOS` the ELBO it compiles, with
+    the same settings: a view that shares its attributes (``num_particles``,
+    ``max_plate_nesting`` as guessed, ...), so that a wrapper can run its passes inside a
+    compiled graph of its own.
+
+    Usage::
+
+        from pyro.infer import JitTrace_ELBO, Trace_ELBO
+        from pyro_otmdr.bayes.wrapper import uncompiled
+
+        elbo = JitTrace_ELBO(num_particles=3)
+        plain = uncompiled(elbo)
+        assert type(plain) is Trace_ELBO and plain.num_particles == 3
+        elbo.max_plate_nesting = 1                # one set of settings for both
+        assert plain.max_plate_nesting == 1
+        assert uncompiled(plain) is plain
+    """
+    for jit_type, plain in COMPILED_ELBOS.items():
+        if isinstance(elbo, jit_type):
+            view = object.__new__(plain)
+            view.__dict__ = elbo.__dict__
+            return view
+    return elbo
 
 
 @runtime_checkable
@@ -103,15 +154,23 @@ class WrapperELBO(ELBO):
 
     Subclasses implement ``loss_and_grads`` and, when they have a state of their own,
     :meth:`own_state_dict` and :meth:`load_own_state_dict`. ``accepts_jit`` (``False``): whether
-    a jit ELBO may be wrapped.
+    a jit ELBO may be wrapped (``True``: any; a tuple of classes: those, e.g. the keys of
+    :data:`COMPILED_ELBOS` for a wrapper that runs :attr:`uncompiled` in its own compiled
+    graph).
     """
 
-    accepts_jit: bool = False
+    accepts_jit: bool | tuple[type[ELBO], ...] = False
 
     def __init__(self, elbo: ELBO) -> None:
         check_wrappable(type(self).__name__, elbo, jit=self.accepts_jit)
         super().__init__()
         self.elbo = elbo
+
+    @property
+    def uncompiled(self) -> ELBO:
+        """The inner ELBO, or for a jit ELBO of :data:`COMPILED_ELBOS` the ELBO it compiles,
+        with the same settings (:func:`uncompiled`): what to run inside a compiled graph."""
+        return uncompiled(self.elbo)
 
     # -- delegation ------------------------------------------------------------------------------
 

@@ -1,11 +1,11 @@
 """Data-robust training as a drop-in ``loss=`` for an unchanged :class:`pyro.infer.SVI`.
 
-Each loss wraps any non-jit Pyro ELBO and makes its likelihood term robust; the prior and KL
+Each loss wraps a Pyro ELBO and makes its likelihood term robust; the prior and KL
 terms stay as they are (see the docs, Algorithms: Data-robust losses inside an ELBO):
 
 * :class:`AdversarialTraining`: the log-likelihood at PGD inputs (Madry);
 * :class:`TRADES`: clean log-likelihood minus ``beta * N * mean_i KL(p(x_i) || p(x'_i))``;
-* :class:`WDAT`: TRADES in a W2 ball with a per-batch budget (a reconstruction);
+* :class:`WDAT`: a W2 attack with a per-batch budget (W-PGD-Budget), then CE (parts reconstructed);
 * :class:`ARMOR`: ``N`` times ARMOR_D's dual aggregate of the per-example losses.
 
 How a step goes, for a classifier whose labels are observed by a ``Categorical`` at ``site``
@@ -65,7 +65,7 @@ from pyro.poutine.messenger import Messenger
 
 from ..bayes.members import over_members
 from ..bayes.replay import categorical_of, guide_latents, trace_latents
-from ..bayes.wrapper import WrapperELBO
+from ..bayes.wrapper import COMPILED_ELBOS, WrapperELBO
 from ..model_space.reparam_noise import FixedReparamNoise
 from ..model_space.step import NonFiniteLossError
 from .common import attack_mode, check_choice
@@ -82,7 +82,11 @@ REGENERATE = ("per_step", "per_pass")
 class DataRobustELBO(WrapperELBO):
     """Wrap a Pyro ELBO so that its likelihood term is a data-robust objective's.
 
-    :param elbo: the ELBO to make robust (``Trace_ELBO``, ``TraceMeanField_ELBO``, ...; not jit).
+    :param elbo: the ELBO to make robust (``Trace_ELBO``, ``TraceMeanField_ELBO``, ...). A jit
+        ``JitTrace_ELBO`` or ``JitTraceMeanField_ELBO`` is compiled by ``OTMDR``/``SAM`` around
+        the loss (the attack runs outside the graph); on its own, under a plain ``SVI``, the
+        loss runs its uncompiled counterpart. ARMOR refuses jit ELBOs (its dual is solved on
+        the batch's values, which a trace cannot follow).
     :param objective: the method, a :class:`~.objectives.RobustObjective`, or its class, built
         from ``options`` (the named losses below do that).
     :param input_arg: where the model takes the inputs: a position (default 0) or a keyword.
@@ -90,6 +94,8 @@ class DataRobustELBO(WrapperELBO):
     :param regenerate: ``"per_step"`` (default): under OT-MDR/SAM, one attack per step at the
         unperturbed parameters, reused by every pass; ``"per_pass"``: one attack per pass.
     """
+
+    accepts_jit = tuple(COMPILED_ELBOS)
 
     def __init__(
         self,
@@ -223,7 +229,7 @@ class DataRobustELBO(WrapperELBO):
             x_adv = self._attack(model, guide, args, kwargs)
         robust_model = _RobustLikelihoodModel(model, self, args, kwargs, x_adv)
         adv_args, adv_kwargs = self._with_input(args, kwargs, x_adv)
-        return getattr(self.elbo, method)(robust_model, guide, *adv_args, **adv_kwargs)
+        return getattr(self.uncompiled, method)(robust_model, guide, *adv_args, **adv_kwargs)
 
     def _attack(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         """The adversarial inputs at the guide's (fixed) draw, the model in eval mode."""
@@ -485,12 +491,14 @@ class TRADES(DataRobustELBO):
 
 
 class WDAT(DataRobustELBO):
-    """Wasserstein distributional adversarial training: TRADES in a W2 ball, with the per-batch
-    budget ``delta * Upsilon_B / Upsilon_hat``. A reconstruction (see
-    :class:`~.objectives.WdatLoss`).
+    """Wasserstein distributional adversarial training: the batch attacked by W-PGD-Budget on
+    ReDLR within its share ``delta * Upsilon_B / Upsilon_hat`` of a W2 budget, then CE at the
+    clean inputs plus ``beta`` times TRADES' KL at the attacked ones (``outer="trades"``) or CE
+    at the attacked ones (``outer="adversarial"``); see :class:`~.objectives.WdatLoss`.
 
     Keyword arguments: those of :class:`~.objectives.WdatLoss` (``delta=8/255, beta=6,
-    steps=10, step_ratio=1.875, cost="linf", decay=0.9, box``) and of :class:`DataRobustELBO`.
+    steps=10, step_ratio=1.875, cost="linf", attack_loss="redlr", outer="trades",
+    budget_subset=10, decay=0.9, box``) and of :class:`DataRobustELBO`.
 
     Usage::
 
@@ -538,6 +546,8 @@ class ARMOR(DataRobustELBO):
         loss = svi.step(x, y)
         assert armor.objective.last_dual.lam >= 0     # the dual's multiplier of this step
     """
+
+    accepts_jit = False  # the dual is solved on the batch's values: a trace cannot follow it
 
     def __init__(self, elbo: ELBO, **options: Any) -> None:
         super().__init__(elbo, ArmorLoss, **options)

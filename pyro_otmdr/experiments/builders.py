@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import pyro
 import torch
-from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoNormal, init_to_value
 from pyro.optim import PyroOptim
 
@@ -27,7 +27,14 @@ from .config import ExperimentConfig
 from .names import DATA_ROBUST_PARAMS, DATA_ROBUST_REGISTRY, DEFAULT_RHO
 from .settings import check_setting
 
-__all__ = ["DATA_ROBUST_LOSSES", "make_data_robust", "make_guide", "make_loss", "make_optim"]
+__all__ = [
+    "DATA_ROBUST_LOSSES",
+    "make_data_robust",
+    "make_elbo",
+    "make_guide",
+    "make_loss",
+    "make_optim",
+]
 
 
 def _class_at(path: str) -> type:
@@ -104,13 +111,32 @@ def make_data_robust(config: ExperimentConfig, elbo: ELBO | None = None) -> ELBO
     return DATA_ROBUST_LOSSES[config.data_robust](elbo, **options)
 
 
+def make_elbo(config: ExperimentConfig) -> ELBO:
+    """The ELBO of a run: ``Trace_ELBO()``, or with ``jit`` ``JitTrace_ELBO()``.
+
+    The jit ELBO is built with ``ignore_jit_warnings=True``: the project's models check shapes
+    (which the compiled passes key on) and hold no control flow on a tensor's value.
+
+    Usage::
+
+        from pyro_otmdr.experiments import ExperimentConfig
+        from pyro_otmdr.experiments.builders import make_elbo
+
+        assert type(make_elbo(ExperimentConfig())).__name__ == "Trace_ELBO"
+        assert type(make_elbo(ExperimentConfig(jit=True))).__name__ == "JitTrace_ELBO"
+    """
+    return JitTrace_ELBO(ignore_jit_warnings=True) if config.jit else Trace_ELBO()
+
+
 def make_loss(config: ExperimentConfig) -> ELBO:
     """The loss of a run: the ELBO, wrapped by the data-robust loss, wrapped by SAM or OT-MDR.
 
-    The ELBO is ``Trace_ELBO`` (in :class:`~pyro_otmdr.EnsembleELBO` for plain SVI of an
-    ensemble without a data-robust loss); ``data_robust`` other than ``"none"`` wraps it
-    (:func:`make_data_robust`); then ``method`` ``sam`` or ``otmdr`` wraps that (``svi`` leaves
-    it as it is).
+    The ELBO is ``Trace_ELBO``, or with ``jit`` ``JitTrace_ELBO`` (:func:`make_elbo`; in
+    :class:`~pyro_otmdr.EnsembleELBO` for plain SVI of an ensemble without a data-robust loss);
+    ``data_robust`` other than ``"none"`` wraps it (:func:`make_data_robust`); then ``method``
+    ``sam`` or ``otmdr`` wraps that (``svi`` leaves it as it is). With ``jit``, SAM and OT-MDR
+    compile their passes (:mod:`pyro_otmdr.model_space.jit`), data-robust losses but ARMOR
+    included, and plain SVI without a data-robust loss runs Pyro's own ``JitTrace_ELBO``.
 
     Usage::
 
@@ -118,15 +144,24 @@ def make_loss(config: ExperimentConfig) -> ELBO:
 
         loss = make_loss(ExperimentConfig(method="sam", guide="delta"))
         assert type(loss).__name__ == "SAM" and loss.rho == 0.05
+        loss = make_loss(ExperimentConfig(method="otmdr", jit=True))
+        assert type(loss.elbo).__name__ == "JitTrace_ELBO" and loss.compiled is not None
     """
     _check(config, "method")
     rho = DEFAULT_RHO.get(config.guide, 0.05) if config.rho is None else config.rho
     if config.data_robust != "none":
-        base = make_data_robust(config)  # loops over an ensemble's members itself
+        if config.jit and (config.data_robust == "armor" or config.method == "svi"):
+            why = (
+                "armor solves its dual on the batch's values, which a trace cannot follow"
+                if config.data_robust == "armor"
+                else "under plain SVI a data-robust loss runs its ELBO uncompiled"
+            )
+            raise ValueError(f"--jit with --data-robust {config.data_robust}: {why}; drop --jit")
+        base = make_data_robust(config, make_elbo(config))  # loops over an ensemble's members
     elif config.method == "svi" and config.guide == "ensemble":
-        base = EnsembleELBO(Trace_ELBO())
+        base = EnsembleELBO(make_elbo(config))
     else:
-        base = Trace_ELBO()
+        base = make_elbo(config)
     if config.method == "svi":
         return base
     if config.method == "sam":

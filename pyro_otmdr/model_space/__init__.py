@@ -16,7 +16,8 @@ Bottom up:
 * two front ends on that one engine: :mod:`.elbo` (:class:`OTMDR` and :class:`SAM`, wrapper
   ELBOs for an unchanged Pyro ``SVI``) and :mod:`.optim` (:class:`OTMDROptimizer` and
   :class:`SAMOptimizer` for ``ELBOModule``/``nn.Module`` training), with :mod:`.distributed`
-  for DDP.
+  for DDP and :mod:`.jit` for Pyro's jit ELBOs (one compiled graph per kind of pass and batch
+  shape).
 
 It imports only :mod:`pyro_otmdr.bayes` (the ensemble guide, trained member by member).
 """

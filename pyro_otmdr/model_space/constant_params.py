@@ -58,6 +58,14 @@ class ConstantParams(Messenger):
         value = site["value"]
         self._values[site["name"]] = (value.unconstrained(), _detached(value))
 
+    def served(self, name: str) -> torch.Tensor | None:
+        """The value served for parameter ``name`` now (its leaf a constant), else ``None``: a
+        compiled pass takes it as an input of its graph instead of recomputing it."""
+        found = self._values.get(name)
+        if found is None or found[0].requires_grad:
+            return None
+        return found[1]
+
     def _pyro_param(self, msg: dict) -> None:
         found = self._values.get(msg["name"])
         if found is not None and not found[0].requires_grad and msg["value"] is None:

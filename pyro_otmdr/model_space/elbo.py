@@ -14,6 +14,10 @@ other passes they are constants, served from the first pass. The guide's reparam
 is fixed for the whole step, and a ``Trace_ELBO`` pass keeps its loss on the device. ``SVI``
 then lets its optimiser step as usual.
 
+Wrapping ``JitTrace_ELBO`` or ``JitTraceMeanField_ELBO`` compiles the passes: one graph per kind
+of pass and batch shape, the step's noise and the parameters as they are its inputs, the same
+losses and gradients as the uncompiled step (:mod:`.jit`).
+
 Usage::
 
     import pyro
@@ -45,11 +49,12 @@ from pyro.infer import (
     ELBO,
 )
 
-from ..bayes.wrapper import PreparesStep, WrapperELBO, check_wrappable
+from ..bayes.wrapper import COMPILED_ELBOS, PreparesStep, WrapperELBO, check_wrappable
 from .batching import Batch, BatchSplitter, batch_size_of, split_in_halves, with_rows, without_rows
 from .constant_params import ConstantParams
 from .device_loss import loss_and_grads_on_device
 from .geometry import Geometry, scale_partner, scales_for
+from .jit import CompiledPasses, compiled_elbo, differentiable_pass
 from .perturbation import PerturbRule, perturbed_by_default
 from .reparam_noise import FixedReparamNoise, guess_plate_nesting
 from .savings import StepSavings
@@ -101,7 +106,9 @@ class OTMDR(WrapperELBO):
 
     :param elbo: the loss to make robust, any :class:`pyro.infer.ELBO` (``Trace_ELBO``,
         ``TraceMeanField_ELBO``, ...). Its value at a perturbed model, with the guide's
-        reparameterisation noise fixed, is the ``L`` of every pass.
+        reparameterisation noise fixed, is the ``L`` of every pass. ``JitTrace_ELBO`` and
+        ``JitTraceMeanField_ELBO`` compile the passes (:mod:`pyro_otmdr.model_space.jit`; the
+        graphs are in :attr:`compiled`); the other jit ELBOs are refused.
     :param rho: radius of the first ascent move (paper: 0.05 CIFAR-10, 0.1 CIFAR-100, 0.005 BNN).
     :param rho2: radius of the second ascent move; ``2 * rho`` when omitted, as in the paper.
     :param n_particles: number of particles ``K`` whose gradients are averaged (the paper's
@@ -147,11 +154,16 @@ class OTMDR(WrapperELBO):
         self._init(elbo, engine, perturb)
         self.split_batch = split_batch or split_in_halves
 
+    accepts_jit = tuple(COMPILED_ELBOS)
+
     def _init(self, elbo: ELBO, engine: SharpnessAwareStep, perturb: PerturbRule | None) -> None:
         WrapperELBO.__init__(self, elbo)
         self.engine = engine
         self.perturb = perturb or perturbed_by_default
         self.last_step: StepInfo | None = None
+        jit = compiled_elbo(elbo)
+        self.compiled: CompiledPasses | None = None if jit is None else CompiledPasses(jit)
+        """The compiled passes, for a jit ELBO (``None`` otherwise)."""
 
     @property
     def savings(self) -> StepSavings:
@@ -205,22 +217,23 @@ class OTMDR(WrapperELBO):
         # the row numbers travel with the data: a local latent's noise follows its example
         args, kwargs = with_rows(*prepared_batch(self.elbo, model, fixed_guide, args, kwargs))
         params = ParamGroups()
-        # the fixed parameters' values, in passes that take no grad for them
+        # the fixed parameters' values, in passes that take no grad for them (a compiled pass
+        # takes them as inputs of its graph)
         constants = ConstantParams(enabled=savings.served_constants)
         scaling: list[PlateScaling] = []
-        run_pass = loss_and_grads_on_device if savings.loss_on_device else _pyros_pass
+        run_pass = self._pass_runner(model, guide, fixed_guide, reparam_noise, scaling, constants)
 
         def evaluate(batch: Batch, label: str) -> torch.Tensor | float:
             (args, kwargs), rows = without_rows(batch)
             if not params.all:  # the first pass: capture the parameters, validate, watch plates
                 scaling.append(PlateScaling(batch_size_of(args, kwargs)))
                 with self._capture(params, constants), scaling[0], reparam_noise.on_rows(rows):
-                    loss = run_pass(self.elbo, model, fixed_guide, args, kwargs)
+                    loss = run_pass(args, kwargs, first=True)
                 reparam_noise.settle(scaling[0].batch_plates)  # the model names the data plate
                 return loss
             # the first pass validated the inputs
             with pyro.validation_enabled(False), constants, reparam_noise.on_rows(rows):
-                return run_pass(self.elbo, model, fixed_guide, args, kwargs)
+                return run_pass(args, kwargs, first=False)
 
         def mean_over_examples() -> bool:
             halves = self.split_batch is split_in_halves
@@ -236,6 +249,45 @@ class OTMDR(WrapperELBO):
         info.reparam_noise = reparam_noise.noise
         self.last_step = info
         return sum(info.losses) / len(info.losses)
+
+    def _pass_runner(
+        self,
+        model: Callable,
+        guide: Callable,
+        fixed_guide: Callable,
+        reparam_noise: FixedReparamNoise,
+        scaling: list[PlateScaling],
+        constants: ConstantParams,
+    ) -> Callable[..., torch.Tensor | float]:
+        """``run(args, kwargs, first)``: one pass, backpropagated, returning its loss."""
+        savings = self.savings
+        if self.compiled is None:
+            run_pass = loss_and_grads_on_device if savings.loss_on_device else _pyros_pass
+            return lambda args, kwargs, first: run_pass(self.elbo, model, fixed_guide, args, kwargs)
+        compiled, plain = self.compiled, self.uncompiled
+
+        def pass_fn(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+            return differentiable_pass(plain, model, guide, args, kwargs)
+
+        def run(args: tuple, kwargs: dict, first: bool) -> torch.Tensor | float:
+            loss = compiled.loss(
+                pass_fn,
+                model,
+                guide,
+                args,
+                kwargs,
+                noise=reparam_noise,
+                pass_guide=fixed_guide,
+                announce=first,
+                scaling=scaling[0] if first else None,
+                constants=constants,
+            )
+            if loss.requires_grad:
+                loss.backward()
+            loss = loss.detach()
+            return loss if savings.loss_on_device else float(loss)
+
+        return run
 
     def _ascent_batches(self, batch: Batch) -> Sequence[Batch]:
         """The batches of the ascent moves of one particle: two random halves."""

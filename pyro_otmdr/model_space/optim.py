@@ -13,7 +13,9 @@ backward. For Pyro, ``Trace_ELBO()(model, guide)`` (an ``ELBOModule``, with
 reparameterisation noise is fixed for the whole step, as in the SVI route, and an
 ``AutoNormal``'s scales are not moved (``perturb`` works on ``named_parameters()`` names such as
 ``guide.scales.w_unconstrained``). Such a closure with a ``Trace_ELBO`` (and no hooks of its own)
-computes its loss without a float conversion per site (no GPU synchronisation per site).
+computes its loss without a float conversion per site (no GPU synchronisation per site); with a
+``JitTrace_ELBO`` or ``JitTraceMeanField_ELBO`` its passes are compiled, as in the SVI route
+(:mod:`.jit`; the graphs are in :attr:`OTMDROptimizer.compiled`).
 
 Usage::
 
@@ -43,18 +45,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from pyro.infer.elbo import ELBOModule
 from torch import nn
 
+from ..bayes.wrapper import uncompiled
 from .batching import Batch, BatchSplitter, batch_size_of, split_in_halves, with_rows, without_rows
 from .core import global_norm
 from .device_loss import differentiable_loss_on_device
 from .elbo import DEFAULT_NOISE_STD, per_example_mean, prepared_batch
 from .geometry import Geometry, scale_partner, scales_for
+from .jit import CompiledPasses, JitTraceError, compiled_elbo, differentiable_pass
 from .perturbation import PerturbRule, perturbed_by_default
 from .reparam_noise import FixedReparamNoise, guess_plate_nesting
 from .savings import StepSavings
@@ -80,6 +84,7 @@ class _Progress:
     pending_loss: float | None = None
     last_step: StepInfo | None = None
     skipped_steps: int = 0
+    compiled: dict[int, tuple[Any, CompiledPasses]] = field(default_factory=dict)
 
 
 class OTMDROptimizer(torch.optim.Optimizer):
@@ -195,6 +200,13 @@ class OTMDROptimizer(torch.optim.Optimizer):
     def skipped_steps(self) -> int:
         """How many steps an fp16 gradient overflow skipped."""
         return self._progress.skipped_steps
+
+    @property
+    def compiled(self) -> CompiledPasses | None:
+        """The compiled passes of the last ``ELBOModule`` closure with a jit ELBO (``None``
+        before one)."""
+        found = list(self._progress.compiled.values())
+        return found[-1][1] if found else None
 
     # -- the step ---------------------------------------------------------------------------------
 
@@ -322,6 +334,8 @@ class OTMDROptimizer(torch.optim.Optimizer):
         if scaler is not None and not scaler.is_enabled():
             scaler = None
         watching = self._splits_in_halves()
+        compiled = self._compiled_for(closure)
+        extra_leaves = self._perturbed + self._fixed
 
         def evaluate(batch: Batch, label: str) -> torch.Tensor:
             (args, kwargs), rows = without_rows(batch)
@@ -330,7 +344,20 @@ class OTMDROptimizer(torch.optim.Optimizer):
                 watch = PlateScaling(batch_size_of(args, kwargs))
                 scaling.append(watch)
             with torch.enable_grad(), watch, noise.on_rows(rows):
-                loss = _closure_loss(closure, args, kwargs, self.engine.savings.loss_on_device)
+                if compiled is None:
+                    loss = _closure_loss(closure, args, kwargs, self.engine.savings.loss_on_device)
+                else:
+                    pass_fn, passes = compiled
+                    loss = passes.loss(
+                        pass_fn,
+                        closure.model,
+                        closure.guide,
+                        args,
+                        kwargs,
+                        noise=noise,
+                        scaling=watch if isinstance(watch, PlateScaling) else None,
+                        extra_leaves=extra_leaves,
+                    )
             if isinstance(watch, PlateScaling):
                 noise.settle(watch.batch_plates)  # the model names the data plate
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
@@ -343,6 +370,33 @@ class OTMDROptimizer(torch.optim.Optimizer):
             return loss.detach()
 
         return evaluate
+
+    def _compiled_for(self, closure: LossClosure) -> tuple[Callable, CompiledPasses] | None:
+        """For an ``ELBOModule`` closure with a jit ELBO: its uncompiled pass and its compiled
+        passes (kept from step to step); else ``None``."""
+        elbo = getattr(closure, "elbo", None)
+        if not isinstance(closure, ELBOModule) or compiled_elbo(elbo) is None:
+            return None
+        if type(closure) is not ELBOModule or closure._forward_hooks or closure._forward_pre_hooks:
+            raise JitTraceError(
+                "an ELBOModule with forward hooks (or a subclass) cannot be compiled: a compiled "
+                "pass does not call its forward; use the uncompiled ELBO"
+            )
+        if self._no_sync is not None:
+            raise JitTraceError(
+                "compiled passes do not run under DDP (no_sync): DDP's forward does not run "
+                "in a compiled graph; use the uncompiled ELBO"
+            )
+        found = self._progress.compiled.get(id(elbo))
+        if found is None or found[0] is not elbo:
+            found = (elbo, CompiledPasses(compiled_elbo(elbo)))
+            self._progress.compiled[id(elbo)] = found
+        plain = uncompiled(elbo)
+
+        def pass_fn(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+            return differentiable_pass(plain, model, guide, args, kwargs)
+
+        return pass_fn, found[1]
 
     def _check_finite_grads(self, label: str) -> None:
         grads = [p.grad for p in self._perturbed + self._fixed if p.grad is not None]

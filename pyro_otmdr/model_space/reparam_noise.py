@@ -29,6 +29,13 @@ that merely has a pass's size is told from the data plate after the step's first
 (:meth:`FixedReparamNoise.settle`: the model's observed sites name the plates over the batch);
 its sites keep the noise they drew, as global sites.
 
+**Compiled passes.** A compiled pass (:mod:`.jit`) takes each site's noise as an input of its
+graph instead of drawing it inside: the uncompiled pass that a key's compilation starts from
+records what it asked of the handler (:meth:`FixedReparamNoise.recording`: one
+:class:`NoiseSite` per site), every later pass asks the handler for the same sites' noise before
+the graph runs (:meth:`FixedReparamNoise.noise_of`, drawn in the same order as the guide would
+draw it), and inside the graph :meth:`FixedReparamNoise.given` serves those inputs.
+
 Two log-densities at a site's own sample are known in closed form, and the handler returns them
 without Pyro's entry-by-entry computation (any other value still gets Pyro's):
 
@@ -64,6 +71,7 @@ import copy
 import math
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -75,10 +83,30 @@ from torch.distributions import Independent, MultivariateNormal, Normal, Transfo
 
 from .subsampling import PARTICLE_PLATE
 
-__all__ = ["FixedReparamNoise", "guess_plate_nesting"]
+__all__ = ["FixedReparamNoise", "NoiseSite", "guess_plate_nesting"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _NO_SAMPLE_SHAPE = torch.Size()
+
+
+@dataclass(frozen=True)
+class NoiseSite:
+    """What one pass asked of the handler for one guide site: enough to ask again.
+
+    :ivar name: the site's name.
+    :ivar frames: the plates it was sampled in (its ``cond_indep_stack``).
+    :ivar event_dim: its number of event dimensions.
+    :ivar shape: the shape of the noise it took.
+    :ivar like: an empty tensor of the noise's dtype and device.
+    :ivar constant: whether it took the constant of its closed-form log-density too.
+    """
+
+    name: str
+    frames: tuple[CondIndepStackFrame, ...]
+    event_dim: int
+    shape: torch.Size
+    like: torch.Tensor
+    constant: bool
 
 
 def guess_plate_nesting(
@@ -176,6 +204,8 @@ class FixedReparamNoise(Messenger):
         self._sites: dict[str, _SiteNoise] = {}
         self._rows: torch.Tensor | None = None
         self._eager: set[int] = set()
+        self._recording: dict[str, NoiseSite] | None = None
+        self._order: list | None = None
 
     @classmethod
     def for_batch(
@@ -232,6 +262,79 @@ class FixedReparamNoise(Messenger):
                 site.settled = True
             else:
                 self._make_global(name, site)
+
+    # -- compiled passes ---------------------------------------------------------------------------
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        """The rows of the whole batch that the current pass holds (:meth:`on_rows`)."""
+        return self._rows
+
+    @contextmanager
+    def recording(self, order: list | None = None) -> Iterator[dict[str, NoiseSite]]:
+        """Within the block, record each site whose noise a pass asks for, in the order asked
+        (the guide's order of sampling): name -> :class:`NoiseSite`, the first ask of a site kept;
+        each new one is appended to ``order`` too, when given (to interleave it with other
+        random draws of the pass).
+
+        Usage::
+
+            import torch
+            from pyro.infer import Trace_ELBO
+            from pyro.infer.autoguide import AutoNormal
+            from pyro_otmdr.bayes import bayesian
+            from pyro_otmdr.model_space.reparam_noise import FixedReparamNoise
+
+            model = bayesian(torch.nn.Linear(4, 3), num_data=16)
+            guide, x, y = AutoNormal(model), torch.randn(8, 4), torch.randint(3, (8,))
+            fixed = FixedReparamNoise()
+            with fixed.recording() as sites:
+                Trace_ELBO().loss(model, fixed(guide), x, y)
+            assert list(sites) == ["net.weight_unconstrained", "net.bias_unconstrained"]
+            kappa, constant = fixed.noise_of(sites["net.weight_unconstrained"])
+            assert kappa is fixed.noise["net.weight_unconstrained"] and constant is not None
+        """
+        previous, self._recording = self._recording, {}
+        previous_order, self._order = self._order, order
+        try:
+            yield self._recording
+        finally:
+            self._recording, self._order = previous, previous_order
+
+    def noise_of(self, site: NoiseSite) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The noise of a recorded site for the current pass (drawn now if the step has not
+        drawn it yet, as the guide would have), and the constant of its closed-form
+        log-density when the site took one, else ``None``."""
+        kappa, record = self._kappa(
+            site.name, site.frames, site.event_dim, self._rows, site.shape, site.like
+        )
+        return kappa, record.constant_of(kappa) if site.constant else None
+
+    @classmethod
+    def given(
+        cls,
+        noise: dict[str, torch.Tensor],
+        constants: dict[str, torch.Tensor],
+        closed_form_logq: bool = True,
+    ) -> FixedReparamNoise:
+        """A handler that serves ``noise[name]`` to each site (and ``constants[name]`` as the
+        constant of its closed-form log-density), as one pass's noise, every site global: what
+        a compiled pass runs its guide under, with its inputs."""
+        handler = cls(closed_form_logq)
+        for name, kappa in noise.items():
+            record = _SiteNoise(kappa)
+            record.constant = constants.get(name)
+            handler._sites[name] = record
+            handler.noise[name] = kappa
+        return handler
+
+    def _record(self, name: str, frames, event_dim: int, shape, like, constant: bool) -> None:
+        if self._recording is not None and name not in self._recording:
+            empty = like.new_empty(0)
+            site = NoiseSite(name, tuple(frames), event_dim, torch.Size(shape), empty, constant)
+            self._recording[name] = site
+            if self._order is not None:
+                self._order.append(site)
 
     # -- the messenger -----------------------------------------------------------------------------
 
@@ -413,12 +516,14 @@ class _PassNoise:
         self.rows = handler._rows
 
     def __call__(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+        self.handler._record(self.name, self.frames, self.event_dim, shape, like, False)
         return self._site(shape, like)[0]
 
     def with_constant(
         self, shape: torch.Size, like: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``kappa`` and ``-kappa^2 / 2 - log(2 pi) / 2`` (once per step for a global site)."""
+        self.handler._record(self.name, self.frames, self.event_dim, shape, like, True)
         kappa, site = self._site(shape, like)
         return kappa, site.constant_of(kappa)
 

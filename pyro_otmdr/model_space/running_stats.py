@@ -29,7 +29,10 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
-__all__ = ["RunningStatsGuard"]
+__all__ = ["RunningStatsGuard", "ran_compiled"]
+
+_ACTIVE: list[RunningStatsGuard] = []
+"""The guards whose block is running, innermost last."""
 
 
 class RunningStatsGuard:
@@ -47,6 +50,7 @@ class RunningStatsGuard:
 
     def __enter__(self) -> RunningStatsGuard:
         self._handle = nn.modules.module.register_module_forward_pre_hook(self._on_forward)
+        _ACTIVE.append(self)
         return self
 
     def __exit__(
@@ -57,6 +61,7 @@ class RunningStatsGuard:
     ) -> None:
         assert self._handle is not None
         self._handle.remove()
+        _ACTIVE.remove(self)
         self._restore()
 
     def begin_counted(self) -> None:
@@ -89,3 +94,26 @@ class RunningStatsGuard:
 
 def _tracks_stats(module: nn.Module) -> bool:
     return isinstance(module, _NormBase) and module.training and module.track_running_stats
+
+
+def ran_compiled(modules: list[nn.Module]) -> None:
+    """Tell the running guards that a compiled graph is about to run ``modules``.
+
+    A compiled pass (:mod:`.jit`) runs the network without calling any module's ``forward``, so
+    no forward hook sees it: the guards save these modules' statistics (and note batch
+    statistics) as a forward would have made them. Call it before the graph runs.
+
+    Usage::
+
+        import torch
+        from pyro_otmdr.model_space.running_stats import RunningStatsGuard, ran_compiled
+
+        bn = torch.nn.BatchNorm1d(4)
+        with RunningStatsGuard() as guard:
+            ran_compiled([bn])
+            bn.running_mean.add_(1.0)          # what the graph's batch norm does in place
+        assert guard.saw_batch_stats and torch.equal(bn.running_mean, torch.zeros(4))
+    """
+    for guard in _ACTIVE:
+        for module in modules:
+            guard._on_forward(module, ())

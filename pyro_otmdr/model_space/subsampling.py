@@ -66,6 +66,14 @@ class PlateScaling(Messenger):
         summed = self._summed_latent_plates & self.batch_plates
         return self.observed > 0 and self.scaled == self.observed and not summed
 
+    def update(self, other: PlateScaling) -> None:
+        """Add what ``other`` saw (a pass of the same batch size) to what this one saw: a
+        compiled pass sends no message, so it hands over what its compilation's pass saw."""
+        self.observed += other.observed
+        self.scaled += other.scaled
+        self.batch_plates |= other.batch_plates
+        self._summed_latent_plates |= other._summed_latent_plates
+
     def _pyro_sample(self, msg: dict) -> None:
         frames = msg["cond_indep_stack"]
         if not msg["is_observed"]:

@@ -61,7 +61,7 @@ def test_otmdr_nests_wdat_s_estimate_under_its_generators():
     wdat.objective.upsilon_sq = torch.tensor(2.5)
     state = OTMDR(wdat, rho=0.1, seed=0).state_dict()
     assert set(state) == {"generator", "device_generators", "elbo"}
-    assert state["elbo"] == {"upsilon_sq": torch.tensor(2.5)}
+    assert state["elbo"] == {"upsilon_sq": torch.tensor(2.5), "batches_seen": None}
     assert set(OTMDR(Trace_ELBO(), rho=0.1).state_dict()) == {"generator", "device_generators"}
 
 

@@ -4,7 +4,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+from pyro.infer import SVI, JitTrace_ELBO, JitTraceGraph_ELBO, Trace_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 from torch import nn
 
@@ -47,9 +47,10 @@ def test_bad_arguments_are_refused_at_construction(kwargs, message):
 
 
 @pytest.mark.parametrize("loss", [OTMDR, SAM])
-def test_jit_elbos_are_refused_with_the_alternative(loss):
-    with pytest.raises(TypeError, match="wrap the non-jit version \\(Trace_ELBO\\)"):
-        loss(JitTrace_ELBO(), rho=0.05)
+def test_jit_elbos_it_does_not_compile_are_refused_with_the_alternative(loss):
+    assert loss(JitTrace_ELBO(), rho=0.05).compiled is not None  # compiled (tests/.../test_jit.py)
+    with pytest.raises(TypeError, match="wrap the non-jit version \\(TraceGraph_ELBO\\)"):
+        loss(JitTraceGraph_ELBO(), rho=0.05)
 
 
 def test_sam_checks_rho_and_wrapped_object():
