@@ -43,6 +43,7 @@ STABLE_MODULES = {
         "pyro_otmdr.experiments.builders",
         "pyro_otmdr.experiments.experiment",
         "pyro_otmdr.experiments.runs",
+        "pyro_otmdr.experiments.finetune",
     ),
     "pyro_otmdr.attacks": "pyro_otmdr.data_space",
 }

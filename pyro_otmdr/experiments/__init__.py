@@ -5,6 +5,7 @@
 * :mod:`.builders`: the guide, data-robust loss, loss and optimiser a configuration names;
 * :mod:`.experiment`: :func:`build_experiment`, the objects of one run;
 * :mod:`.runs`: train, evaluate, attack and shift a run;
+* :mod:`.finetune`: a new run that starts from a finished run's parameters;
 * :mod:`.names`: the names an experiment is built from, without torch (for the parser);
 * :mod:`.cli`: the ``otmdr`` command.
 
@@ -44,6 +45,13 @@ _HOMES = {
     "run_experiment": "runs",
     "shift_experiment": "runs",
     "train_experiment": "runs",
+    "MODEL_KEYS": "finetune",
+    "PARENT_FILE": "finetune",
+    "finetune": "finetune",
+    "finetune_config": "finetune",
+    "last_linear_sites": "finetune",
+    "read_parent_record": "finetune",
+    "start_from": "finetune",
 }
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The ``otmdr`` command: train one run, evaluate or attack a run again, compare methods.
+"""The ``otmdr`` command: train or fine-tune one run, evaluate or attack a run again, compare.
 
 ``otmdr train`` builds an :class:`~pyro_otmdr.experiments.ExperimentConfig` from its flags, trains
 with a progress bar and per-epoch lines and writes a run directory (``--out``)::
@@ -13,7 +13,9 @@ with a progress bar and per-epoch lines and writes a run directory (``--out``)::
                        calibration_pit.png (ArviZ PIT plot)
 
 Ctrl-C stops it with exit status 130 and prints the ``otmdr train --resume RUN_DIR`` command
-that continues from the last checkpoint. ``otmdr evaluate RUN_DIR`` rebuilds the run from
+that continues from the last checkpoint. ``otmdr finetune RUN_DIR --out NEW_DIR`` trains a new
+run that starts from a finished run's final parameters (its config.json with the flags given on
+top; ``parent.json`` records the parent). ``otmdr evaluate RUN_DIR`` rebuilds the run from
 ``config.json`` and ``checkpoint.pt`` and evaluates it again (``--split val|test``, ``--ood
 fakedata|DATASET``, ``--shift`` for shifted test sets). ``otmdr attack RUN_DIR`` measures its
 robust accuracy under Wasserstein and pointwise attacks. ``otmdr compare`` trains a grid of
@@ -26,6 +28,7 @@ imported when the command runs, so ``otmdr --help`` answers at once.
 Command line::
 
     otmdr train --guide normal --method otmdr --epochs 30 --out runs/bnn
+    otmdr finetune runs/bnn --data-robust wdat --epochs 5 --out runs/bnn-wdat
     otmdr evaluate runs/bnn --ood fakedata --shift gaussian_noise,rotation
     otmdr attack runs/bnn --threat w2-linf,linf --budget 0.02,0.05,0.1
     otmdr compare --guides delta,normal --methods svi,otmdr --rho 0.01,0.05 --seeds 3

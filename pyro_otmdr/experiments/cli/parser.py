@@ -24,7 +24,7 @@ from typing import Any
 
 from ..config import ExperimentConfig
 from ..names import DATASET_NAMES, GUIDES, METHODS, SHIFT_NAMES, THREAT_NAMES
-from ..settings import name_list, setting_of
+from ..settings import Number, name_list, setting_of
 
 __all__ = ["RunError", "UsageError", "build_parser"]
 
@@ -106,10 +106,11 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_run_flags(parser: argparse.ArgumentParser, grid: bool) -> None:
+def _add_run_flags(parser: argparse.ArgumentParser, grid: bool, overrides: bool = False) -> None:
     """The flags of one run, one per field of :class:`ExperimentConfig`, built from its
     declarations; ``grid`` (compare) leaves out the fields compare spans with its own flags
-    (guide, method, seed) and takes a comma list where a setting spans a grid dimension."""
+    (guide, method, seed) and takes a comma list where a setting spans a grid dimension.
+    ``overrides`` (finetune): no defaults, so a flag is in the namespace only when given."""
     groups: dict[str, Any] = {}
     for spec in fields(ExperimentConfig):
         declared = setting_of(spec)
@@ -118,6 +119,8 @@ def _add_run_flags(parser: argparse.ArgumentParser, grid: bool) -> None:
         if declared.group not in groups:
             groups[declared.group] = parser.add_argument_group(declared.group)
         options = declared.argparse_options(spec, grid=grid)
+        if overrides:
+            options.update(default=argparse.SUPPRESS, help=declared.help)
         groups[declared.group].add_argument(declared.flag_for(spec), **options)
 
 
@@ -158,6 +161,59 @@ def _train_parser(commands: Any) -> argparse.ArgumentParser:
     )
     train.set_defaults(module="train")
     return train
+
+
+def _weight_noise(text: str) -> float:
+    """An argparse type: a finite number >= 0 (``--weight-noise``)."""
+    note = " (the noise's standard deviation in units of each weight tensor's, e.g. 0.01)"
+    return Number(float, low=0, note=note).parse(text)
+
+
+def _finetune_parser(commands: Any) -> argparse.ArgumentParser:
+    finetune = commands.add_parser(
+        "finetune",
+        help="train a new run that starts from a finished run's parameters",
+        description="Fine-tune a finished run: a new run directory (--out) whose configuration "
+        "is RUN_DIR's config.json with the run flags given on top, and which starts from "
+        "RUN_DIR's final parameters with a fresh optimiser and schedule. RUN_DIR is only read.",
+        epilog="Run flags not given keep the parent's values (no defaults apply); the flags of "
+        "the model and guide (--dataset, --model, --hidden, --width, --guide, --members, "
+        "--prior-scale, --init-scale) must keep them. Continue an interrupted fine-tuning with "
+        "'otmdr train --resume NEW_DIR'.",
+    )
+    finetune.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="the finished run to start from"
+    )
+    finetune.add_argument("--out", type=out_dir, required=True, help="the new run directory")
+    finetune.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in --out"
+    )
+    finetune.add_argument(
+        "--reinit-last",
+        action="store_true",
+        help="re-initialise the last linear layer (a fresh run's initial values: points, "
+        "members, AutoNormal's means at the network's initialisation, its scales at "
+        "--init-scale)",
+    )
+    finetune.add_argument(
+        "--weight-noise",
+        type=_weight_noise,
+        default=0.0,
+        metavar="STD",
+        help="add N(0, (STD * std(w))^2) to every weight tensor w (not biases), seeded by "
+        "--seed (default 0: none)",
+    )
+    finetune.add_argument(
+        "--skip-nonfinite",
+        action="store_true",
+        help="skip a batch whose loss is NaN or infinite instead of stopping",
+    )
+    finetune.add_argument(
+        "--quiet", action="store_true", help="no per-epoch lines, no progress bar"
+    )
+    _add_run_flags(finetune, grid=False, overrides=True)
+    finetune.set_defaults(module="finetune")
+    return finetune
 
 
 def _evaluate_parser(commands: Any) -> argparse.ArgumentParser:
@@ -226,12 +282,12 @@ def _compare_parser(commands: Any) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``otmdr`` parser: ``train``, ``evaluate``, ``attack`` and ``compare`` commands."""
+    """The ``otmdr`` parser: ``train``, ``finetune``, ``evaluate``, ``attack`` and ``compare``."""
     parser = argparse.ArgumentParser(
         prog="otmdr", description="OT-MDR, SAM and plain SVI for Pyro classifiers."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_train_parser, _evaluate_parser, _attack_parser, _compare_parser):
+    for add in (_train_parser, _finetune_parser, _evaluate_parser, _attack_parser, _compare_parser):
         add(commands).add_argument(
             "--debug", action="store_true", help="on an error, show its traceback too"
         )

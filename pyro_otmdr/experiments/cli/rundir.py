@@ -23,7 +23,8 @@ import json
 import math
 import statistics
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -46,6 +47,7 @@ from ...workflow.outputs import (
 )
 from ..config import DEFAULT_LR, RUNTIME_KEYS, ExperimentConfig
 from ..experiment import Experiment, build_experiment, warm_up
+from ..runs import evaluate_experiment, train_experiment
 from ..settings import setting_of
 from .parser import RunError, UsageError
 
@@ -72,10 +74,11 @@ __all__ = [
     "write_tree",
 ]
 
-#: The files of a run directory, as globs: what ``train``, ``evaluate`` and ``attack`` write.
-#: ``train --overwrite`` removes these (and only these) before it starts.
+#: The files of a run directory, as globs: what ``train``, ``finetune``, ``evaluate`` and
+#: ``attack`` write. ``train --overwrite`` removes these (and only these) before it starts.
 RUN_FILES = (
     "config.json",
+    "parent.json",
     "checkpoint.pt",
     "history.json",
     "metrics.json",
@@ -325,3 +328,46 @@ def add_to_tree(path: Path, dataset: Any, group: str) -> None:
     tree = read_tree(path)
     tree[group] = xr.DataTree(dataset)
     write_tree(path, tree)
+
+
+def train_into(
+    out: Path,
+    experiment: Experiment,
+    *,
+    start_epoch: int = 0,
+    steps: int = 0,
+    history: list[dict] | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool | None = None,
+    skip_nonfinite: bool = False,
+) -> EvaluationResult:
+    """Train ``experiment`` into the run directory ``out`` from ``start_epoch`` (``steps`` and
+    ``history`` so far): a checkpoint after every epoch, then ``history.json``, ``metrics.json``
+    (with the timing) and ``tree.nc`` of the test evaluation, which it returns. ``history`` is
+    extended in place, so after a ``KeyboardInterrupt`` it holds the epochs checkpointed."""
+    history = [] if history is None else history
+
+    def checkpoint(stats, record) -> None:
+        nonlocal steps
+        steps += stats.steps
+        history.append(record)
+        save_run_checkpoint(out / "checkpoint.pt", experiment, record["epoch"], steps, history)
+
+    start = time.perf_counter()
+    train_experiment(
+        experiment,
+        log=log,
+        on_epoch=checkpoint,
+        start_epoch=start_epoch,
+        progress=progress,
+        skip_nonfinite=skip_nonfinite,
+    )
+    train_seconds = time.perf_counter() - start
+    write_json(out / "history.json", history)
+    result = evaluate_experiment(experiment)
+    timing = {"step_ms": mean_step_ms(history), "train_seconds": train_seconds, "steps": steps}
+    timing["skipped"] = sum(record.get("skipped", 0) for record in history)
+    extra = {"split": "test", **timing, **target_units(experiment), **environment()}
+    write_evaluation(out, "metrics", "", result, extra)
+    write_tree(out / "tree.nc", result.to_datatree())
+    return result

@@ -20,29 +20,23 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import time
 from pathlib import Path
 
 from ..config import ExperimentConfig
 from ..experiment import Experiment, build_experiment
 from ..names import DATA_ROBUST_PARAMS
-from ..runs import evaluate_experiment, train_experiment
 from .parser import UsageError
 from .rundir import (
     clear_run,
     config_from_args,
-    environment,
     holds_run,
     load_run,
     mean_step_ms,
     print_metrics,
     print_target_units,
     require_run,
-    save_run_checkpoint,
-    target_units,
-    write_evaluation,
+    train_into,
     write_json,
-    write_tree,
 )
 from .runlock import run_lock
 
@@ -99,12 +93,16 @@ def _interrupted(out: Path, history: list[dict]) -> int:
     return 130
 
 
+def _shown(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _robust_settings(config: ExperimentConfig) -> str:
     """``data-robust trades eps=0.1 beta=6 `` (empty without a data-robust loss)."""
     if config.data_robust == "none":
         return ""
     names = DATA_ROBUST_PARAMS[config.data_robust]
-    values = " ".join(f"{name}={getattr(config, name):g}" for name in names)
+    values = " ".join(f"{name}={_shown(getattr(config, name))}" for name in names)
     return f"data-robust {config.data_robust} {values} "
 
 
@@ -135,34 +133,21 @@ def _train(
         f"{config.optimizer} lr={config.lr} {config.schedule} on {config.device} -> {out}"
     )
 
-    def checkpoint(stats, record) -> None:
-        nonlocal steps
-        steps += stats.steps
-        history.append(record)
-        save_run_checkpoint(out / "checkpoint.pt", experiment, record["epoch"], steps, history)
-
-    start = time.perf_counter()
     log, progress = (None, False) if args.quiet else (print, None)
     try:
-        train_experiment(
+        result = train_into(
+            out,
             experiment,
-            log=log,
-            on_epoch=checkpoint,
             start_epoch=start_epoch,
+            steps=steps,
+            history=history,
+            log=log,
             progress=progress,
             skip_nonfinite=args.skip_nonfinite,
         )
     except KeyboardInterrupt:
         return _interrupted(out, history)
-    train_seconds = time.perf_counter() - start
-    write_json(out / "history.json", history)
-    result = evaluate_experiment(experiment)
     step_ms = mean_step_ms(history)
-    timing = {"step_ms": step_ms, "train_seconds": train_seconds, "steps": steps}
-    timing["skipped"] = sum(record.get("skipped", 0) for record in history)
-    extra = {"split": "test", **timing, **target_units(experiment), **environment()}
-    write_evaluation(out, "metrics", "", result, extra)
-    write_tree(out / "tree.nc", result.to_datatree())
     print(f"test ({len(result.labels)} examples, {result.num_draws} draws), {step_ms:.1f} ms/step:")
     print_metrics(result.metrics)
     print_target_units(experiment, result.metrics)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torchvision import datasets
 
-import pyro_otmdr.experiments.cli.train as train_command
+import pyro_otmdr.experiments.cli.rundir as run_files
 from pyro_otmdr.experiments.cli import main
 from pyro_otmdr.experiments.config import ExperimentConfig
 from pyro_otmdr.workflow.checkpoint import load_checkpoint
@@ -158,13 +158,13 @@ def test_train_resumes_an_interrupted_run_bit_for_bit(tmp_path, monkeypatch):
     flags = ["--guide", "normal", "--method", "otmdr", "--noise", "0.01", "--epochs", "2"]
     full = _train(tmp_path / "full", *flags)
 
-    save = train_command.save_run_checkpoint
+    save = run_files.save_run_checkpoint
 
     def stop_after_first_epoch(path, experiment, epoch, step, history):
         save(path, experiment, epoch, step, history)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_command, "save_run_checkpoint", stop_after_first_epoch)
+    monkeypatch.setattr(run_files, "save_run_checkpoint", stop_after_first_epoch)
     part = ["train", *TINY, "--out", str(tmp_path / "part"), "--quiet", *flags]
     assert main(part) == 130
     monkeypatch.undo()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pyro_otmdr.experiments.cli.compare as compare_command
-import pyro_otmdr.experiments.cli.train as train_command
+import pyro_otmdr.experiments.cli.rundir as run_files
 import pyro_otmdr.workflow.checkpoint as checkpoint_module
 from pyro_otmdr.evaluation import RobustnessReport
 from pyro_otmdr.experiments.cli import main
@@ -40,13 +40,13 @@ def test_train_with_wdat_resumes_its_running_estimate(tmp_path, monkeypatch):
     flags += ["--data-robust", "wdat", "--delta", "0.05"]
     assert main(["train", *flags, "--out", str(tmp_path / "full")]) == 0
 
-    save = train_command.save_run_checkpoint
+    save = run_files.save_run_checkpoint
 
     def stop_after_first_epoch(path, experiment, epoch, step, history):
         save(path, experiment, epoch, step, history)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_command, "save_run_checkpoint", stop_after_first_epoch)
+    monkeypatch.setattr(run_files, "save_run_checkpoint", stop_after_first_epoch)
     assert main(["train", *flags, "--out", str(tmp_path / "part")]) == 130
     monkeypatch.undo()
     saved = load_checkpoint(tmp_path / "part" / "checkpoint.pt", param_store=False)
@@ -73,7 +73,7 @@ def test_a_run_saved_with_the_objective_state_apart_still_resumes(tmp_path, monk
     flags = [*TINY, "--epochs", "2", "--guide", "delta", "--method", method, "--quiet"]
     flags += ["--data-robust", "wdat", "--delta", "0.05"]
     assert main(["train", *flags, "--out", str(tmp_path / "full")]) == 0
-    save = train_command.save_run_checkpoint
+    save = run_files.save_run_checkpoint
 
     def save_as_before(path, experiment, epoch, step, history):
         save(path, experiment, epoch, step, history)
@@ -85,7 +85,7 @@ def test_a_run_saved_with_the_objective_state_apart_still_resumes(tmp_path, monk
         checkpoint_module._atomic_save(contents, path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_command, "save_run_checkpoint", save_as_before)
+    monkeypatch.setattr(run_files, "save_run_checkpoint", save_as_before)
     assert main(["train", *flags, "--out", str(tmp_path / "part")]) == 130
     monkeypatch.undo()
     assert main(["train", "--resume", str(tmp_path / "part"), "--quiet", "--device", "cpu"]) == 0

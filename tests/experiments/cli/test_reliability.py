@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import pyro_otmdr.experiments.cli.rundir as run_files
 import pyro_otmdr.experiments.experiment as experiment_module
 from pyro_otmdr.experiments.cli import main
 from tests.workflow.test_outputs import fill, small_disk
@@ -70,17 +71,15 @@ def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(tmp_
 
 
 def test_an_interrupted_run_logs_the_scheduled_rate_of_every_resumed_epoch(tmp_path, monkeypatch):
-    import pyro_otmdr.experiments.cli.train as train_command
-
     flags = ["--guide", "delta", "--method", "sam", "--epochs", "3"]
     assert _train(tmp_path / "full", *flags) == 0
-    save = train_command.save_run_checkpoint
+    save = run_files.save_run_checkpoint
 
     def stop_after_first_epoch(path, experiment, epoch, step, history):
         save(path, experiment, epoch, step, history)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_command, "save_run_checkpoint", stop_after_first_epoch)
+    monkeypatch.setattr(run_files, "save_run_checkpoint", stop_after_first_epoch)
     assert _train(tmp_path / "part", *flags) == 130
     monkeypatch.undo()
     assert main(["train", "--resume", str(tmp_path / "part"), *TINY]) == 0
