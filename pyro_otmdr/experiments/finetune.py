@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import io
 import json
 import math
 import os
@@ -56,7 +55,7 @@ from pyro.infer.autoguide import AutoNormal
 from torch import nn
 
 from ..bayes.members import is_ensemble
-from ..workflow.checkpoint import FORMAT, VERSION
+from ..workflow.checkpoint import CheckpointError, decode_checkpoint
 from .cli.parser import RunError, UsageError
 from .cli.rundir import (
     _check_matches,
@@ -231,24 +230,12 @@ def _read_only_lock(run_dir: Path) -> Iterator[None]:
 
 
 def _decode(data: bytes, path: Path) -> dict[str, Any]:
-    """The contents of a checkpoint file's bytes (``load_checkpoint``'s checks, in memory)."""
+    """The contents of the parent checkpoint's bytes, checked as ``load_checkpoint`` checks them."""
     try:
-        envelope = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        if not isinstance(envelope, dict) or envelope.get("format") != FORMAT:
-            raise RunError(f"{path} is not a pyro_otmdr checkpoint (no format tag {FORMAT!r})")
-        if envelope.get("version") != VERSION:
-            raise RunError(f"{path} has checkpoint format version {envelope.get('version')!r}")
-        payload = envelope["payload"].numpy().tobytes()
-        if hashlib.sha256(payload).hexdigest() != envelope.get("sha256"):
-            raise RunError(f"{path} is corrupted: its contents do not match their checksum")
-        contents = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except RunError:
-        raise
-    except Exception as err:  # truncated, corrupted, foreign
-        raise RunError(
-            f"{path} is not a readable checkpoint: {type(err).__name__}: {err}".splitlines()[0]
-        ) from None
-    if not isinstance(contents, dict) or not isinstance(contents.get("param_store"), dict):
+        contents = decode_checkpoint(data, path)
+    except CheckpointError as err:
+        raise RunError(str(err)) from None
+    if not isinstance(contents.get("param_store"), dict):
         raise RunError(f"{path} holds no parameters (it was saved without the param store)")
     return contents
 

@@ -337,7 +337,17 @@ def load_checkpoint(
 def _read(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    envelope = _load(path, path)
+    return decode_checkpoint(path.read_bytes(), path)
+
+
+def decode_checkpoint(data: bytes, path: str | os.PathLike) -> dict[str, Any]:
+    """The contents of a checkpoint file's bytes ``data`` (read from ``path``, named in errors),
+    checked as :func:`load_checkpoint` checks them; nothing is restored.
+
+    :raises CheckpointError: if the bytes are not an intact checkpoint of this package.
+    """
+    path = Path(path)
+    envelope = _load(io.BytesIO(data), path)
     if not isinstance(envelope, dict) or envelope.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is a torch file but not a pyro_otmdr checkpoint (no format tag {FORMAT!r})"

@@ -32,7 +32,7 @@ from pathlib import Path
 from ..config import ExperimentConfig
 from ..finetune import PARENT_FILE, finetune
 from .rundir import print_metrics, print_target_units
-from .train import _robust_settings
+from .train import describe_run
 
 __all__ = ["run"]
 
@@ -57,12 +57,7 @@ def run(args: argparse.Namespace) -> int:
             f"fine-tuning {args.run_dir} (after epoch {record['epoch']}, checkpoint sha256 "
             f"{record['checkpoint_sha256'][:12]}){''.join(f', {c}' for c in changes)}"
         )
-        print(
-            f"{config.dataset} {config.model} {config.guide} {config.method} "
-            f"rho={config.rho if config.method != 'svi' else '-'} "
-            f"{_robust_settings(config)}"
-            f"{config.optimizer} lr={config.lr} {config.schedule} on {config.device} -> {out}"
-        )
+        print(describe_run(config, out))
 
     log, progress = (None, False) if args.quiet else (print, None)
     try:

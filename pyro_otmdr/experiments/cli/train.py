@@ -97,6 +97,16 @@ def _shown(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def describe_run(config: ExperimentConfig, out: Path) -> str:
+    """The line ``otmdr train`` and ``otmdr finetune`` print before training: what runs, where."""
+    return (
+        f"{config.dataset} {config.model} {config.guide} {config.method} "
+        f"rho={config.rho if config.method != 'svi' else '-'} "
+        f"{_robust_settings(config)}"
+        f"{config.optimizer} lr={config.lr} {config.schedule} on {config.device} -> {out}"
+    )
+
+
 def _robust_settings(config: ExperimentConfig) -> str:
     """``data-robust trades eps=0.1 beta=6 `` (empty without a data-robust loss)."""
     if config.data_robust == "none":
@@ -126,12 +136,7 @@ def _train(
     config = experiment.config
     if start_epoch:
         print(f"resuming {out} after epoch {start_epoch} of {config.epochs}")
-    print(
-        f"{config.dataset} {config.model} {config.guide} {config.method} "
-        f"rho={config.rho if config.method != 'svi' else '-'} "
-        f"{_robust_settings(config)}"
-        f"{config.optimizer} lr={config.lr} {config.schedule} on {config.device} -> {out}"
-    )
+    print(describe_run(config, out))
 
     log, progress = (None, False) if args.quiet else (print, None)
     try:
